@@ -1,0 +1,73 @@
+"""Per-image inference cost with randomly initialised models of the real sizes (no download needed).
+
+Prints: CLIP ViT-B/32 image encode (batch 1 and 8), and 30-token caption generation at batch 1 and 8 for
+OPT-125M and SmolLM2-135M sizes in fp32 / bf16 / int8, with and without the KV cache. Asserts nothing.
+"""
+import argparse
+import copy
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from transformers import CLIPConfig, LlamaConfig, LlamaForCausalLM, OPTConfig, OPTForCausalLM
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from models.clip import CLIPW, make_word_tokenizer  # noqa: E402
+from models.lm import set_precision  # noqa: E402
+from models.vlm import CaptionerConfig, ClipCaptioner  # noqa: E402
+
+LMS = {
+    "OPT-125M": lambda: OPTForCausalLM(OPTConfig()),
+    "SmolLM2-135M": lambda: LlamaForCausalLM(LlamaConfig(
+        vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
+        num_key_value_heads=3, tie_word_embeddings=True)),
+}
+
+
+def median_ms(fn, repeats):
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1000)
+    return statistics.median(times)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=5, help="timed runs per figure (median reported)")
+    parser.add_argument("--tokens", type=int, default=30, help="new tokens per caption")
+    parser.add_argument("--lms", nargs="+", default=list(LMS), choices=list(LMS), help="LM sizes to time")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device cpu; median of {args.repeats}")
+
+    clip = CLIPW.from_config(CLIPConfig(), make_word_tokenizer(["a fruit"]), device="cpu")
+    for batch in (1, 8):
+        pixels = torch.randn(batch, 3, 224, 224)
+        ms = median_ms(lambda: clip.encode_images(pixels), args.repeats)
+        print(f"CLIP ViT-B/32 image encode, batch {batch}: {ms / batch:7.1f} ms/image")
+
+    for name in args.lms:
+        lm = LMS[name]()
+        words = make_word_tokenizer([f"w{i}" for i in range(lm.config.vocab_size)])
+        base = ClipCaptioner(clip, lm, words, CaptionerConfig(lm=name)).eval()
+        for precision in ("fp32", "bf16", "int8"):
+            captioner = copy.copy(base)
+            captioner.lm = set_precision(copy.deepcopy(lm), precision)
+            for batch, cache in ((1, True), (8, True), (1, False)):
+                if not cache and precision != "fp32":
+                    continue
+                embeddings = torch.randn(batch, clip.embed_dim)
+                ms = median_ms(lambda: captioner.generate(
+                    embeddings=embeddings, min_new_tokens=args.tokens, max_new_tokens=args.tokens, use_cache=cache),
+                    args.repeats)
+                label = f"{name} {precision} generate {args.tokens} tokens, batch {batch}" + ("" if cache else ", no KV cache")
+                print(f"{label:<60} {ms / batch:7.1f} ms/image  ({ms / args.tokens / batch:5.1f} ms/token/image)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,169 @@
+"""CLIPW: a frozen CLIP (transformers CLIPModel) with its own preprocessing, cached prompts and top-k."""
+import re
+from collections import OrderedDict
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import CLIPConfig, CLIPModel, CLIPImageProcessorPil, PreTrainedTokenizerFast
+
+from utils.images import load_image
+
+DEFAULT_CLIP = "openai/clip-vit-base-patch32"
+OPENAI_MEAN = [0.48145466, 0.4578275, 0.40821073]
+OPENAI_STD = [0.26862954, 0.26130258, 0.27577711]
+
+
+def default_device():
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+class CLIPW(nn.Module):
+    """Frozen CLIP in eval mode; images and prompts in, normalized embeddings and probabilities out."""
+
+    def __init__(self, model, tokenizer, processor, device=None, name=""):
+        super().__init__()
+        self.model = model.eval().requires_grad_(False)
+        self.tokenizer = tokenizer
+        self.processor = processor
+        self.name = name
+        self._text_cache = OrderedDict()
+        self.to(device or default_device())
+
+    @classmethod
+    def from_pretrained(cls, name_or_path=DEFAULT_CLIP, device=None):
+        try:
+            model = CLIPModel.from_pretrained(name_or_path)
+            tokenizer = _load_tokenizer(name_or_path)
+            processor = CLIPImageProcessorPil.from_pretrained(name_or_path)
+        except OSError as error:
+            raise OSError(
+                f"could not load CLIP '{name_or_path}': give a local directory, or run once online so the "
+                f"hub copy is cached ({error})"
+            ) from error
+        return cls(model, tokenizer, processor, device, str(name_or_path))
+
+    @classmethod
+    def from_config(cls, config, tokenizer, device=None):
+        """Randomly initialised CLIP of the given sizes (tests, benches, and the demo's pretraining)."""
+        size = config.vision_config.image_size
+        processor = CLIPImageProcessorPil(
+            size={"shortest_edge": size}, crop_size={"height": size, "width": size},
+            image_mean=OPENAI_MEAN, image_std=OPENAI_STD,
+        )
+        return cls(CLIPModel(config), tokenizer, processor, device, "random-init")
+
+    def save_pretrained(self, directory):
+        for part in (self.model, self.tokenizer, self.processor):
+            part.save_pretrained(directory)
+
+    def train(self, mode=True):
+        return super().train(False)  # frozen: stays in eval mode inside a captioner being trained
+
+    @property
+    def device(self):
+        return self.model.logit_scale.device
+
+    @property
+    def image_size(self):
+        return self.model.config.vision_config.image_size
+
+    @property
+    def patch_grid(self):
+        return self.image_size // self.model.config.vision_config.patch_size
+
+    @property
+    def embed_dim(self):
+        return self.model.config.projection_dim
+
+    @property
+    def logit_scale(self):
+        return self.model.logit_scale.exp().item()
+
+    def pixel_values(self, images):
+        """Images (one or a list; paths, bytes, PIL, arrays) -> CPU tensor [B, 3, S, S]."""
+        if not isinstance(images, (list, tuple)):
+            images = [images]
+        images = [load_image(image) for image in images]
+        return self.processor(images=images, return_tensors="pt")["pixel_values"]
+
+    def preprocess(self, images):
+        return self.pixel_values(images).to(self.device)
+
+    def image_features(self, pixel_values):
+        """Normalized image embeddings with autograd on (for explanations)."""
+        features = self.model.get_image_features(pixel_values=pixel_values.to(self.device))
+        return F.normalize(_pooled(features), dim=-1)
+
+    @torch.no_grad()
+    def encode_images(self, images, batch_size=32):
+        pixel_values = images if torch.is_tensor(images) else self.pixel_values(images)
+        chunks = [self.image_features(chunk) for chunk in pixel_values.split(batch_size)]
+        return torch.cat(chunks)
+
+    @torch.no_grad()
+    def encode_texts(self, prompts):
+        key = tuple(prompts)
+        if key not in self._text_cache:
+            tokens = self.tokenizer(list(prompts), padding=True, truncation=True, return_tensors="pt")
+            tokens = {name: value.to(self.device) for name, value in tokens.items() if name != "token_type_ids"}
+            features = self.model.get_text_features(**tokens)
+            self._text_cache[key] = F.normalize(_pooled(features), dim=-1)
+            if len(self._text_cache) > 16:  # a handful of knowledge bases at most
+                self._text_cache.popitem(last=False)
+        self._text_cache.move_to_end(key)
+        return self._text_cache[key]
+
+    def logits(self, image_features, prompts):
+        return self.logit_scale * image_features @ self.encode_texts(prompts).T
+
+    @torch.no_grad()
+    def probabilities(self, images, prompts):
+        features = images if torch.is_tensor(images) and images.ndim == 2 else self.encode_images(images)
+        return self.logits(features, prompts).softmax(dim=-1)
+
+    def top_k(self, image, prompts, k=5):
+        probs = self.probabilities(image, prompts)[0]
+        values, indices = probs.topk(min(k, len(prompts)))
+        return [(prompts[i], p) for i, p in zip(indices.tolist(), values.tolist())]
+
+
+def _pooled(features):
+    # transformers 5 may return a model output instead of a bare tensor
+    return features if torch.is_tensor(features) else features.pooler_output
+
+
+def _load_tokenizer(name_or_path):
+    from transformers import AutoTokenizer
+    return AutoTokenizer.from_pretrained(name_or_path)
+
+
+def make_word_tokenizer(texts, model_max_length=32):
+    """A word-level tokenizer built offline from a corpus: for tiny test models and the demo CLIP."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+
+    specials = ["<pad>", "<unk>", "<s>", "</s>"]  # eos id 3: CLIP pools at the first eos token
+    words = sorted({word for text in texts for word in re.findall(r"\w+|[^\w\s]", text.lower())})
+    vocab = {token: index for index, token in enumerate(specials + words)}
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tokenizer.normalizer = normalizers.Lowercase()
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="<s> $A </s>", special_tokens=[("<s>", 2), ("</s>", 3)]
+    )
+    tokenizer.decoder = decoders.WordPiece()  # joins words with spaces
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, model_max_length=model_max_length,
+        pad_token="<pad>", unk_token="<unk>", bos_token="<s>", eos_token="</s>",
+    )
+
+
+def tiny_clip_config(image_size=32, patch_size=8, vocab_size=64, dim=32, layers=2, max_text_length=32):
+    """A CLIP small enough to build and run in milliseconds (tests)."""
+    shared = dict(hidden_size=dim, intermediate_size=2 * dim, num_hidden_layers=layers, num_attention_heads=2)
+    return CLIPConfig(
+        text_config=dict(vocab_size=vocab_size, max_position_embeddings=max_text_length,
+                         pad_token_id=0, bos_token_id=2, eos_token_id=3, **shared),
+        vision_config=dict(image_size=image_size, patch_size=patch_size, **shared),
+        projection_dim=dim,
+    )

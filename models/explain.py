@@ -1,0 +1,326 @@
+"""Where CLIP looks: Grad-CAM, gradient-weighted attention relevancy and caption maps over its ViT.
+
+One base (`Explainer.explain`): a forward pass that records what a method needs, the gradients of k target
+scores taken in ONE batched backward (vmap over the k rows of an identity), and a function that turns
+(activations, gradients) into k maps on the patch grid. The methods only choose the targets and the recipe.
+"""
+import math
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+METHODS = ("gradcam", "gradcam_contrastive", "relevancy")
+TARGETS = ("logit", "contrastive")
+
+
+def tokens_to_grid(values):
+    """[..., T] per-token values (CLS first) -> [..., g, g] on the patch grid, row-major like the patch conv."""
+    patches = values[..., 1:]
+    side = math.isqrt(patches.shape[-1])
+    if side * side != patches.shape[-1]:
+        raise ValueError(f"{patches.shape[-1]} patch tokens do not form a square grid")
+    return patches.reshape(*patches.shape[:-1], side, side)
+
+
+def normalize_maps(maps):
+    """Each map min-max scaled to [0, 1]; a flat map (no signal) becomes all zeros, never NaN."""
+    flat = maps.flatten(1)
+    low, high = flat.min(dim=1, keepdim=True).values, flat.max(dim=1, keepdim=True).values
+    span = high - low
+    scaled = torch.where(span > 1e-12, (flat - low) / span.clamp(min=1e-12), torch.zeros_like(flat))
+    return scaled.reshape(maps.shape)
+
+
+def upsample(maps, size):
+    """[k, g, g] maps -> [k, H, W] (bilinear), e.g. onto the S x S crop that CLIP saw."""
+    size = (size, size) if isinstance(size, int) else tuple(size)
+    return F.interpolate(maps[:, None].float(), size=size, mode="bilinear", align_corners=False)[:, 0]
+
+
+def gradcam_maps(activations, gradients):
+    """Grad-CAM on tokens: activations [T, C], gradients [k, T, C] -> [k, g, g].
+
+    Channel weights are the gradient averaged over PATCH tokens per channel. Averaging over channels per
+    token instead gives ~0: patch tokens reach the score only through a LayerNorm, whose input-gradient
+    sums to zero over channels.
+    """
+    weights = gradients[:, 1:, :].mean(dim=1)
+    cam = torch.relu(weights @ activations.T)
+    return normalize_maps(tokens_to_grid(cam))
+
+
+def relevancy_maps(attentions, gradients):
+    """Chefer et al. 2021: attentions [H, T, T] per block, gradients [k, H, T, T] per block -> [k, g, g]."""
+    tokens = attentions[0].shape[-1]
+    relevance = torch.eye(tokens, device=attentions[0].device).expand(gradients[0].shape[0], tokens, tokens)
+    for attention, gradient in zip(attentions, gradients):
+        mixed = (gradient * attention).clamp(min=0).mean(dim=1)
+        relevance = relevance + mixed @ relevance
+    return normalize_maps(tokens_to_grid(relevance[:, 0, :]))
+
+
+def prompt_scores(image_features, text_features, logit_scale, target="logit"):
+    """Per-prompt target scores [P] of one image: the logit, or its log-softmax over all prompts."""
+    if target not in TARGETS:
+        raise ValueError(f"unknown target '{target}': choose one of {TARGETS}")
+    logits = logit_scale * image_features[0] @ text_features.T
+    return logits.log_softmax(dim=-1) if target == "contrastive" else logits
+
+
+@contextmanager
+def _eval_mode(module):
+    """Deterministic explanations (no dropout); every submodule gets its own mode back afterwards."""
+    modes = [(m, m.training) for m in module.modules()]
+    module.eval()
+    try:
+        yield
+    finally:
+        for m, training in modes:
+            m.training = training
+
+
+@contextmanager
+def _eager_attention(vision_model):
+    """SDPA returns no attention probabilities; eager does the same math and returns them."""
+    previous = vision_model.config._attn_implementation
+    if previous != "eager":
+        vision_model.set_attn_implementation("eager")
+    try:
+        yield
+    finally:
+        if previous != "eager":
+            vision_model.set_attn_implementation(previous)
+
+
+@contextmanager
+def _autograd_on():
+    """Explanations need gradients even when the caller runs under no_grad or inference_mode."""
+    with torch.inference_mode(False), torch.enable_grad():
+        yield
+
+
+@contextmanager
+def _hooks(modules, hook):
+    handles = [module.register_forward_hook(hook) for module in modules]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+class Explainer:
+    """Explanations over a CLIP's vision transformer. `clip` is a CLIPW or a transformers CLIPModel;
+    `block` picks the encoder layer whose output Grad-CAM reads (default second-to-last: the last
+    block's patch outputs never reach the pooled CLS token, so their gradient is zero)."""
+
+    def __init__(self, clip, block=-2):
+        self.clip = clip
+        self.model = getattr(clip, "model", clip)
+        self.vision = self.model.vision_model
+        self.layers = self.vision.encoder.layers
+        if not -len(self.layers) <= block < len(self.layers):
+            raise ValueError(f"block {block} out of range for {len(self.layers)} layers")
+        self.block = block
+
+    @property
+    def logit_scale(self):
+        return self.model.logit_scale.exp()
+
+    def image_features(self, pixel_values):
+        """Normalized [B, D] with autograd, exactly as the captioner sees them when `clip` is a CLIPW."""
+        if hasattr(self.clip, "image_features"):
+            return self.clip.image_features(pixel_values)
+        features = self.model.get_image_features(pixel_values=pixel_values)
+        return F.normalize(features if torch.is_tensor(features) else features.pooler_output, dim=-1)
+
+    def text_features(self, texts):
+        """Prompts (needs a CLIPW) or ready [P, D] features -> normalized [P, D] on the model's device."""
+        if torch.is_tensor(texts):
+            return F.normalize(texts.to(self.model.logit_scale.device, torch.float32), dim=-1)
+        return self.clip.encode_texts(list(texts)).clone()  # the cache may hold inference-mode tensors
+
+    @_autograd_on()
+    def gradcam(self, pixel_values, texts, target="logit", indices=None, separate_passes=False):
+        """[k, g, g] Grad-CAM maps of one image, one per prompt in `indices` (default: all prompts).
+        Contrastive targets compete against ALL given prompts, not only the explained ones."""
+        return self.explain(pixel_values, self._prompt_target(texts, target, indices), "gradcam", separate_passes)
+
+    @_autograd_on()
+    def relevancy(self, pixel_values, texts, target="logit", indices=None, separate_passes=False):
+        """[k, g, g] gradient-weighted attention relevancy maps (Chefer et al. 2021)."""
+        return self.explain(pixel_values, self._prompt_target(texts, target, indices), "relevancy", separate_passes)
+
+    @_autograd_on()
+    def caption_map(self, captioner, pixel_values, caption, per_word=False):
+        """Grad-CAM of the caption's log-likelihood, back through LM and mapper into CLIP: [1, g, g];
+        with per_word, one map per whitespace word of the caption: [n_words, g, g]."""
+        def target(features):
+            if per_word:
+                return word_log_probs(captioner, features, caption)
+            return captioner.caption_log_likelihood(features, [caption])
+
+        with _eval_mode(captioner):
+            return self.explain(pixel_values, target)
+
+    def _prompt_target(self, texts, target, indices):
+        text_features = self.text_features(texts)
+        picked = torch.arange(len(text_features)) if indices is None else torch.as_tensor(indices).long()
+        return lambda features: prompt_scores(features, text_features, self.logit_scale, target)[picked]
+
+    @_autograd_on()
+    def explain(self, pixel_values, target, method="gradcam", separate_passes=False):
+        """The base of every method: `target` maps the image embedding [1, D] to k scores; returns [k, g, g].
+
+        ONE forward pass; the gradients of the k scores w.r.t. the embedding (cheap), then one backward
+        batched over k from the embedding into the ViT. By the chain rule this equals k full backwards.
+        `separate_passes` runs k forward+backward passes instead (for benchmarks and tests only).
+        """
+        if pixel_values.ndim == 3:
+            pixel_values = pixel_values[None]
+        if pixel_values.shape[0] != 1:
+            raise ValueError("explain one image at a time: pixel_values must be [1, 3, S, S]")
+        pixel_values = pixel_values.detach().clone().to(self.model.logit_scale.device)
+        with _eval_mode(self.model):
+            if separate_passes:
+                return self._explain_separately(pixel_values, target, method)
+            features, recorded, recipe = self._record(pixel_values, method)
+            leaf = features.detach().requires_grad_()
+            feature_grads = _vector_jacobians(target(leaf), [leaf])[0]
+            return recipe(recorded, _vector_jacobians(features, recorded, feature_grads)).detach()
+
+    def _explain_separately(self, pixel_values, target, method):
+        maps, count, index = [], 1, 0
+        while index < count:
+            features, recorded, recipe = self._record(pixel_values, method)
+            scores = target(features)
+            count = len(scores)
+            grads = torch.autograd.grad(scores[index], recorded, allow_unused=True)
+            maps.append(recipe(recorded, [_zeros_if_none(g, x)[None] for g, x in zip(grads, recorded)]))
+            index += 1
+        return torch.cat(maps).detach()
+
+    def _record(self, pixel_values, method):
+        """Forward pass recording the block's activations (Grad-CAM) or every block's attention probabilities;
+        returns (embedding, recorded tensors, recipe(recorded, their gradients [k, ...]) -> maps)."""
+        recorded = []
+        if method == "gradcam":
+            def keep_block_output(module, inputs, output):
+                # a fresh leaf: the backward stops here instead of running through the lower blocks
+                hidden = (output[0] if isinstance(output, tuple) else output).detach().requires_grad_()
+                recorded.append(hidden)
+                return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
+
+            with _hooks([self.layers[self.block]], keep_block_output):
+                features = self.image_features(pixel_values)
+            return features, recorded, lambda acts, grads: gradcam_maps(acts[0][0], grads[0][:, 0])
+        if method != "relevancy":
+            raise ValueError(f"unknown method '{method}': choose gradcam or relevancy")
+
+        def keep_attention(module, inputs, output):
+            recorded.append(output[1])
+
+        with _eager_attention(self.vision), _hooks([layer.self_attn for layer in self.layers], keep_attention):
+            features = self.image_features(pixel_values.requires_grad_())
+        return features, recorded, lambda atts, grads: relevancy_maps([a[0] for a in atts], [g[:, 0] for g in grads])
+
+
+def _zeros_if_none(grad, like):
+    return torch.zeros_like(like) if grad is None else grad
+
+
+def _vector_jacobians(outputs, inputs, vectors=None):
+    """[k, *input.shape] per input: the k vector-Jacobian products (rows of the identity when `vectors` is
+    None, i.e. the gradient of each of the k outputs) in one backward vmapped over k."""
+    if vectors is None:
+        vectors = torch.eye(outputs.shape[0], dtype=outputs.dtype, device=outputs.device)
+    grads = torch.autograd.grad(outputs, inputs, grad_outputs=vectors, is_grads_batched=True, allow_unused=True)
+    return [_zeros_if_none(g, x.expand(len(vectors), *x.shape)) for g, x in zip(grads, inputs)]
+
+
+def word_spans(caption):
+    """(start, end) character spans of the caption's whitespace-separated words."""
+    spans, position = [], 0
+    for word in caption.split():
+        start = caption.index(word, position)
+        spans.append((start, start + len(word)))
+        position = start + len(word)
+    return spans
+
+
+def token_log_probs(captioner, features, caption):
+    """log p of each caption token, then of EOS, given the image embedding [1, D]: [n_tokens + 1]."""
+    embeddings, mask, labels = captioner._teacher_forcing_inputs(features, [caption])
+    logits = captioner.lm(inputs_embeds=embeddings, attention_mask=mask).logits[0, :-1].float()
+    targets = labels[0, 1:]
+    picked = logits.log_softmax(-1).gather(-1, targets.clamp(min=0)[:, None])[:, 0]
+    return picked[targets != -100]
+
+
+def word_log_probs(captioner, features, caption):
+    """Per-word sums of the caption's token log-probabilities (EOS left out): [n_words]."""
+    tokens = token_log_probs(captioner, features, caption)
+    offsets = captioner.tokenizer(caption, add_special_tokens=False, return_offsets_mapping=True).offset_mapping
+    spans = word_spans(caption)
+    owners = torch.tensor([_word_of(span, spans) for span in offsets], device=tokens.device)
+    return torch.stack([tokens[:len(owners)][owners == word].sum() for word in range(len(spans))])
+
+
+def _word_of(token_span, spans):
+    """The word a token belongs to: most character overlap; a token of only spaces goes to the next word."""
+    overlaps = [min(token_span[1], end) - max(token_span[0], start) for start, end in spans]
+    best = max(range(len(spans)), key=lambda i: overlaps[i])
+    if overlaps[best] > 0:
+        return best
+    return next((i for i, (start, _) in enumerate(spans) if start >= token_span[0]), len(spans) - 1)
+
+
+@dataclass
+class Explanation:
+    """Top-k prompts of one image, best first, with one map each on the patch grid of CLIP's center crop."""
+    prompts: list
+    probs: list  # softmax over ALL prompts
+    maps: np.ndarray  # [k, g, g] float32 in [0, 1]
+    crop_box: tuple  # (left, top, right, bottom) of the original image that the grid covers
+    image_size: tuple  # (width, height) of the original image
+    method: str
+
+    @property
+    def combined(self):
+        """One map: the k maps weighted by their probabilities, rescaled to [0, 1]."""
+        weights = np.asarray(self.probs, dtype=np.float32)[:, None, None]
+        combined = (weights * self.maps).sum(axis=0)
+        return combined / combined.max() if combined.max() > 0 else combined
+
+
+def explain_image(clip, image, prompts, k=5, method="gradcam", block=-2):
+    """Top-k prompts for one image and a map for each, all from one forward pass through CLIP.
+
+    `clip` is a CLIPW; `image` anything utils.images.load_image reads (path, bytes, PIL, array);
+    method: "gradcam" (logit target), "gradcam_contrastive" (log-softmax target) or "relevancy".
+    """
+    from utils.images import center_crop_box, load_image
+
+    if method not in METHODS:
+        raise ValueError(f"unknown method '{method}': choose one of {METHODS}")
+    picture = load_image(image)
+    explainer = Explainer(clip, block)
+    text_features = explainer.text_features(prompts)
+    k = min(k, len(prompts))
+    chosen = {}
+
+    def top_k_target(features):
+        logits = explainer.logit_scale * features[0] @ text_features.T
+        chosen["probs"], chosen["indices"] = logits.detach().softmax(-1).topk(k)
+        scores = logits.log_softmax(-1) if method == "gradcam_contrastive" else logits
+        return scores[chosen["indices"]]
+
+    maps = explainer.explain(clip.preprocess(picture), top_k_target, "relevancy" if method == "relevancy" else "gradcam")
+    return Explanation(
+        prompts=[prompts[i] for i in chosen["indices"].tolist()], probs=chosen["probs"].tolist(),
+        maps=maps.detach().cpu().numpy().astype(np.float32), crop_box=center_crop_box(*picture.size),
+        image_size=picture.size, method=method,
+    )

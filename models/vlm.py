@@ -1,0 +1,216 @@
+"""ClipCaptioner: frozen CLIP -> mapper -> prefix vectors -> causal LM writes the caption (ClipCap)."""
+import dataclasses
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from models.clip import CLIPW, DEFAULT_CLIP
+from models.lm import load_lm, set_precision, set_trainable
+from models.mapper import build_mapper
+
+DEFAULT_LM = "facebook/opt-125m"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class CaptionerConfig:
+    """Everything needed to rebuild a captioner; saved as the bundle's config.json."""
+    clip: str = DEFAULT_CLIP  # hub id, or a directory (relative paths are relative to the bundle)
+    lm: str = DEFAULT_LM
+    mapper: str = "mlp"  # mlp | transformer
+    prefix_length: int = 10
+    mapper_hidden: int = 0  # MLP hidden width; 0 = lm_dim * prefix_length / 2 as in ClipCap
+    clip_length: int = 10  # transformer mapper: tokens the embedding is projected to
+    mapper_layers: int = 8
+    mapper_heads: int = 8
+    prefix_text: str = ""  # text the LM reads after the visual prefix, e.g. "Condition:"
+    knowledge: str = "fruit"
+    lm_mode: str = "frozen"  # frozen | full | partial (first lm_frozen_layers blocks frozen)
+    lm_frozen_layers: int = 0
+    clip_dim: int = 0  # filled in from the models
+    lm_dim: int = 0
+    format_version: int = FORMAT_VERSION
+
+    @classmethod
+    def from_dict(cls, values, source="config"):
+        known = {field.name for field in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"{source}: unknown keys {unknown} (a bundle from another version?)")
+        return cls(**values)
+
+
+class ClipCaptioner(nn.Module):
+    def __init__(self, clip, lm, tokenizer, config=None):
+        super().__init__()
+        config = config or CaptionerConfig()
+        config.clip_dim, config.lm_dim = clip.embed_dim, lm.get_input_embeddings().embedding_dim
+        self.clip, self.lm, self.tokenizer, self.config = clip, lm, tokenizer, config
+        self.mapper = build_mapper(
+            config.mapper, config.clip_dim, config.lm_dim, config.prefix_length, config.mapper_hidden or None,
+            config.clip_length, config.mapper_layers, config.mapper_heads,
+        )
+        set_trainable(lm, config.lm_mode, config.lm_frozen_layers)
+        self.mapper.to(clip.device)
+        self.lm.to(clip.device)
+
+    @property
+    def device(self):
+        return self.clip.device
+
+    def _embed(self, token_ids):
+        return self.lm.get_input_embeddings()(token_ids.to(self.device))
+
+    def _lm_dtype(self):
+        return self.lm.get_input_embeddings().weight.dtype
+
+    def prefix_embeddings(self, clip_embeddings):
+        return self.mapper(clip_embeddings.to(self.device, torch.float32))
+
+    def _prompt_embeddings(self, clip_embeddings, prefix_text=None):
+        """[visual prefix][prefix text tokens]: the same length for every item, so batches need no padding."""
+        prefix = self.prefix_embeddings(clip_embeddings).to(self._lm_dtype())
+        text = self.config.prefix_text if prefix_text is None else prefix_text
+        if not text:
+            return prefix
+        ids = self.tokenizer(text, add_special_tokens=False, return_tensors="pt").input_ids
+        return torch.cat([prefix, self._embed(ids).expand(prefix.shape[0], -1, -1)], dim=1)
+
+    def _teacher_forcing_inputs(self, clip_embeddings, captions):
+        prompt = self._prompt_embeddings(clip_embeddings)
+        eos = self.tokenizer.eos_token_id
+        ids = [self.tokenizer(c, add_special_tokens=False).input_ids + [eos] for c in captions]
+        width = max(map(len, ids))
+        caption_ids = torch.full((len(ids), width), self.tokenizer.pad_token_id, dtype=torch.long)
+        labels = torch.full((len(ids), prompt.shape[1] + width), -100, dtype=torch.long)
+        mask = torch.zeros_like(labels)
+        mask[:, :prompt.shape[1]] = 1
+        for row, tokens in enumerate(ids):  # loss only on caption tokens and EOS, never on padding
+            caption_ids[row, :len(tokens)] = torch.tensor(tokens)
+            labels[row, prompt.shape[1]:prompt.shape[1] + len(tokens)] = torch.tensor(tokens)
+            mask[row, prompt.shape[1]:prompt.shape[1] + len(tokens)] = 1
+        embeddings = torch.cat([prompt, self._embed(caption_ids)], dim=1)
+        return embeddings, mask.to(self.device), labels.to(self.device)
+
+    def forward(self, clip_embeddings, captions):
+        """Teacher forcing; the output's .loss is the mean cross-entropy over caption tokens and EOS."""
+        embeddings, mask, labels = self._teacher_forcing_inputs(clip_embeddings, captions)
+        return self.lm(inputs_embeds=embeddings, attention_mask=mask, labels=labels)
+
+    def caption_log_likelihood(self, clip_embeddings, captions):
+        """Sum of log p(token) over each caption's tokens and EOS: [B], differentiable (caption maps)."""
+        embeddings, mask, labels = self._teacher_forcing_inputs(clip_embeddings, captions)
+        logits = self.lm(inputs_embeds=embeddings, attention_mask=mask).logits[:, :-1].float()
+        targets = labels[:, 1:]
+        picked = logits.log_softmax(-1).gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+        return (picked * (targets != -100)).sum(dim=1)
+
+    @torch.no_grad()
+    def generate(self, images=None, embeddings=None, *, prefix_text=None, temperature=0.0, top_k=0, top_p=1.0,
+                 min_new_tokens=0, max_new_tokens=30, num_beams=1, repetition_penalty=1.0,
+                 no_repeat_ngram_size=0, seed=None, use_cache=True):
+        """Captions for images (or ready CLIP embeddings); temperature 0 means greedy/beam search."""
+        if embeddings is None:
+            embeddings = self.clip.encode_images(images)
+        prompt = self._prompt_embeddings(embeddings, prefix_text)
+        sampling = temperature > 0
+        options = dict(
+            do_sample=sampling, num_beams=num_beams, min_new_tokens=min_new_tokens, max_new_tokens=max_new_tokens,
+            repetition_penalty=repetition_penalty, no_repeat_ngram_size=no_repeat_ngram_size, use_cache=use_cache,
+            eos_token_id=self.tokenizer.eos_token_id, pad_token_id=self.tokenizer.pad_token_id,
+        )
+        if sampling:
+            options.update(temperature=temperature, top_k=top_k or None, top_p=top_p)
+        else:
+            options.update(temperature=None, top_k=None, top_p=None)  # silence sampling-only defaults
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            if seed is not None:
+                torch.manual_seed(seed)
+            ids = self.lm.generate(
+                inputs_embeds=prompt, attention_mask=torch.ones(prompt.shape[:2], device=self.device), **options
+            )
+        return [_clean(text) for text in self.tokenizer.batch_decode(ids, skip_special_tokens=True)]
+
+    def save_pretrained(self, directory):
+        """Bundle = config.json + mapper.safetensors (+ lm/ when the LM was trained), written atomically."""
+        directory = Path(directory)
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+        config = dataclasses.asdict(self.config)
+        config["clip"] = _portable_path(config["clip"], directory)
+        (staging / "config.json").write_text(json.dumps(config, indent=2))
+        save_file({k: v.contiguous() for k, v in self.mapper.state_dict().items()}, staging / "mapper.safetensors")
+        if self.config.lm_mode != "frozen":
+            self.lm.save_pretrained(staging / "lm")
+            self.tokenizer.save_pretrained(staging / "lm")
+        _replace_directory(staging, directory)
+
+    @classmethod
+    def from_pretrained(cls, directory, device=None, lm_precision="fp32"):
+        directory = Path(directory)
+        config_path = directory / "config.json"
+        if not config_path.is_file():
+            raise FileNotFoundError(f"{directory} is not a captioner bundle (no config.json)")
+        config = CaptionerConfig.from_dict(json.loads(config_path.read_text()), str(config_path))
+        clip_source = directory / config.clip if (directory / config.clip).is_dir() else config.clip
+        clip = CLIPW.from_pretrained(clip_source, device)
+        lm, tokenizer = load_lm(directory / "lm" if (directory / "lm").is_dir() else config.lm)
+        saved_dims = {"clip_dim": config.clip_dim, "lm_dim": config.lm_dim}
+        captioner = cls(clip, lm, tokenizer, config)
+        _check_dims(saved_dims, config, config_path)
+        _load_mapper(captioner.mapper, directory / "mapper.safetensors", config)
+        captioner.eval().requires_grad_(False)
+        captioner.lm = set_precision(captioner.lm, lm_precision)
+        return captioner
+
+
+def _clean(text):
+    return " ".join(text.strip().split("\n")[0].split())
+
+
+def _portable_path(clip, bundle):
+    """Store a CLIP directory that lives inside the bundle relative to it, so bundles can be moved."""
+    path = Path(clip)
+    if path.is_absolute() and path.resolve().is_relative_to(bundle.resolve()):
+        return str(path.resolve().relative_to(bundle.resolve()))
+    return clip
+
+
+def _replace_directory(staging, directory):
+    old = None
+    if directory.exists():
+        old = directory.with_name(f".{directory.name}.old{os.getpid()}")
+        os.replace(directory, old)
+    os.replace(staging, directory)
+    if old is not None:
+        shutil.rmtree(old)
+
+
+def _load_mapper(mapper, path, config):
+    weights = load_file(path)
+    expected = mapper.state_dict()
+    problems = [f"missing {name}" for name in expected.keys() - weights.keys()]
+    problems += [f"unexpected {name}" for name in weights.keys() - expected.keys()]
+    problems += [
+        f"{name}: weights {tuple(weights[name].shape)} but config gives {tuple(tensor.shape)}"
+        for name, tensor in expected.items() if name in weights and weights[name].shape != tensor.shape
+    ]
+    if problems:
+        raise ValueError(
+            f"{path} does not match its config (mapper={config.mapper}, prefix_length={config.prefix_length}, "
+            f"clip_dim={config.clip_dim}, lm_dim={config.lm_dim}): " + "; ".join(problems[:5])
+        )
+    mapper.load_state_dict(weights)
+
+
+def _check_dims(saved, actual, source):
+    for key, value in saved.items():
+        if value and value != getattr(actual, key):
+            raise ValueError(f"{source} says {key}={value} but the loaded models give {getattr(actual, key)}")

@@ -1,0 +1,124 @@
+import numpy as np
+import pytest
+from PIL import Image
+
+from utils import synthetic
+from utils.synthetic import (DEFECT_KINDS, FRUITS, HEALTHY, item_rng, load_masks, load_truth,
+                             render_sample, write_world)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    return write_world(tmp_path_factory.mktemp("world"), 16, seed=3, width=64, height=64, progress=False)
+
+
+def test_render_is_deterministic():
+    a = render_sample(item_rng(7, 0))
+    b = render_sample(item_rng(7, 0))
+    c = render_sample(item_rng(7, 1))
+    assert np.array_equal(np.asarray(a.image), np.asarray(b.image))
+    assert (a.fruit, a.defects) == (b.fruit, b.defects)
+    assert all(np.array_equal(a.masks[k], b.masks[k]) for k in a.defects)
+    assert not np.array_equal(np.asarray(a.image), np.asarray(c.image))
+
+
+@pytest.mark.parametrize("index", range(12))
+def test_masks_match_defects(index):
+    s = render_sample(item_rng(11, index), width=64, height=64, defect_probs=[0.2, 0.3, 0.3, 0.2])
+    assert s.image.size == (64, 64) and s.image.mode == "RGB"
+    assert s.fruit in FRUITS
+    assert set(s.masks) == set(s.defects) and len(set(s.defects)) == len(s.defects)
+    assert set(s.defects) <= set(DEFECT_KINDS)
+    for m in s.masks.values():
+        assert m.dtype == bool and m.shape == (64, 64) and m.any()
+    if s.defects:
+        assert s.primary == max(s.defects, key=lambda d: s.masks[d].sum())
+    else:
+        assert s.primary == HEALTHY
+
+
+def test_defects_change_the_pixels_they_mark():
+    rng_healthy, rng_sick = item_rng(5, 2), item_rng(5, 2)
+    healthy = render_sample(rng_healthy, defect_probs=[1, 0, 0, 0])
+    sick = render_sample(rng_sick, defect_probs=[0, 1, 0, 0])
+    assert healthy.defects == [] and healthy.masks == {} and healthy.primary == HEALTHY
+    (kind,) = sick.defects
+    mask = sick.masks[kind]
+    diff = np.abs(np.asarray(sick.image, float) - np.asarray(healthy.image, float)).sum(-1)
+    # the defect is drawn where its mask says, not somewhere else
+    assert diff[mask].mean() > 3 * diff[~mask].mean()
+
+
+def test_defect_probs_control_count():
+    counts = {len(render_sample(item_rng(2, i), 48, 48, defect_probs=[0, 0, 0, 1]).defects) for i in range(4)}
+    assert counts == {3}
+
+
+def test_non_square_size():
+    s = render_sample(item_rng(1, 4), width=96, height=64, defect_probs=[0, 1])
+    assert s.image.size == (96, 64)
+    assert all(m.shape == (64, 96) and m.any() for m in s.masks.values())
+
+
+def test_world_layout_and_labels(world):
+    df = load_truth(world)
+    assert list(df.columns) == ["id", "path", "fruit", "primary", "defects"]
+    assert len(df) == 16 and df["id"].is_unique
+    for row in df.itertuples():
+        path = world / row.path
+        assert path.is_file() and path.parent.name == row.primary
+        assert Image.open(path).size == (64, 64)
+        defects = row.defects.split(";") if row.defects else []
+        masks = load_masks(world, row.id)
+        assert sorted(masks) == sorted(defects)
+        if defects:
+            assert row.primary == max(defects, key=lambda d: masks[d].sum())
+        else:
+            assert row.primary == HEALTHY
+
+
+def test_world_is_deterministic(world, tmp_path):
+    again = write_world(tmp_path / "again", 16, seed=3, width=64, height=64, progress=False)
+    assert (again / "labels.csv").read_bytes() == (world / "labels.csv").read_bytes()
+    for row in load_truth(world).itertuples():
+        assert np.array_equal(np.asarray(Image.open(world / row.path)), np.asarray(Image.open(again / row.path)))
+
+
+def test_second_call_is_noop(world):
+    files = sorted(p for p in world.rglob("*") if p.is_file())
+    stamps = [p.stat().st_mtime_ns for p in files]
+    write_world(world, 16, seed=3, width=64, height=64, progress=False)
+    assert sorted(p for p in world.rglob("*") if p.is_file()) == files
+    assert [p.stat().st_mtime_ns for p in files] == stamps
+
+
+def test_interrupted_world_resumes_and_other_params_rebuild(tmp_path, monkeypatch):
+    reference = write_world(tmp_path / "ref", 6, seed=0, width=48, height=48, progress=False)
+    real_render, calls = synthetic.render_sample, []
+
+    def dies_on_fifth(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 5:
+            raise KeyboardInterrupt
+        return real_render(*args, **kwargs)
+
+    monkeypatch.setattr(synthetic, "render_sample", dies_on_fifth)
+    out = tmp_path / "w"
+    with pytest.raises(KeyboardInterrupt):
+        write_world(out, 6, seed=0, width=48, height=48, progress=False)
+    assert not (out / "world.json").exists() and len(list((out / "masks").iterdir())) == 4
+    monkeypatch.setattr(synthetic, "render_sample", real_render)
+    write_world(out, 6, seed=0, width=48, height=48, progress=False)
+    assert (out / "labels.csv").read_bytes() == (reference / "labels.csv").read_bytes()
+    assert (out / "world.json").exists()
+
+    write_world(out, 4, seed=1, width=48, height=48, progress=False)
+    assert len(load_truth(out)) == 4 and len(list((out / "masks").iterdir())) == 4
+    assert sum(1 for _ in (out / "images").rglob("*.jpg")) == 4
+
+
+def test_refuses_foreign_folder(tmp_path):
+    (tmp_path / "precious.txt").write_text("not a world")
+    with pytest.raises(FileExistsError):
+        write_world(tmp_path, 2, progress=False)
+    assert (tmp_path / "precious.txt").exists()

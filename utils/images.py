@@ -1,0 +1,107 @@
+"""The one safe way in for images: any source, any mode -> an upright RGB PIL image, or ImageLoadError."""
+import io
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+DEFAULT_MAX_PIXELS = 64_000_000  # ~8000 x 8000; larger is almost surely a decompression bomb
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+
+
+class ImageLoadError(ValueError):
+    """Raised for anything that is not a readable image within the limits."""
+
+
+def load_image(source, *, max_pixels=DEFAULT_MAX_PIXELS, bgr=False):
+    """Path, bytes, PIL image or numpy array (HxW, HxWx3, HxWx4; BGR if `bgr`) -> RGB PIL image."""
+    if isinstance(source, Image.Image):
+        image = source
+    elif isinstance(source, np.ndarray):
+        image = _from_array(source, bgr)
+    elif isinstance(source, (bytes, bytearray)):
+        image = _open(io.BytesIO(source), "<bytes>", max_pixels)
+    elif isinstance(source, (str, Path)):
+        if not Path(source).is_file():
+            raise ImageLoadError(f"{source}: no such file")
+        image = _open(source, str(source), max_pixels)
+    else:
+        raise ImageLoadError(f"cannot read an image from {type(source).__name__}")
+    _check_size(image, max_pixels, getattr(image, "filename", "") or "image")
+    return _to_rgb(ImageOps.exif_transpose(image))
+
+
+def _open(fp, name, max_pixels):
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(fp)
+            _check_size(image, max_pixels, name)  # before decoding a single pixel
+            image.load()
+    except ImageLoadError:
+        raise
+    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        raise ImageLoadError(f"{name}: not a readable image ({error})") from error
+    except (OSError, SyntaxError, ValueError) as error:  # truncated or corrupt data
+        raise ImageLoadError(f"{name}: corrupt or truncated image ({error})") from error
+    return image
+
+
+def _check_size(image, max_pixels, name):
+    width, height = image.size
+    if width * height > max_pixels:
+        raise ImageLoadError(f"{name}: {width}x{height} is over the limit of {max_pixels:,} pixels")
+    if width == 0 or height == 0:
+        raise ImageLoadError(f"{name}: empty image")
+
+
+def _from_array(array, bgr):
+    if array.ndim == 3 and array.shape[2] == 1:
+        array = array[:, :, 0]
+    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (3, 4)):
+        raise ImageLoadError(f"array of shape {array.shape} is not an image")
+    if array.dtype != np.uint8:
+        array = _to_uint8(array)
+    if bgr and array.ndim == 3:
+        array = array[:, :, [2, 1, 0] + ([3] if array.shape[2] == 4 else [])]
+    return Image.fromarray(np.ascontiguousarray(array))
+
+
+def _to_uint8(array):
+    if np.issubdtype(array.dtype, np.floating):
+        top = 1.0 if array.max(initial=0) <= 1.0 else 255.0
+    else:  # 16-bit sources keep their full range
+        top = 65535.0 if array.dtype == np.uint16 or array.max(initial=0) > 255 else 255.0
+    return (np.clip(array / top, 0, 1) * 255 + 0.5).astype(np.uint8)
+
+
+def _to_rgb(image):
+    if image.mode == "RGB":
+        return image
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        return _from_array(np.asarray(image), False).convert("RGB")
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA"):
+        background = Image.new("RGB", image.size, (255, 255, 255))  # transparent -> white, as viewers show it
+        background.paste(image.convert("RGBA"), mask=image.convert("RGBA").getchannel("A"))
+        return background
+    return image.convert("RGB")
+
+
+def center_crop_box(width, height):
+    """The square (left, top, right, bottom) of the original that resize-shortest-side + center-crop keeps."""
+    side = min(width, height)
+    left, top = (width - side) // 2, (height - side) // 2
+    return left, top, left + side, top + side
+
+
+def find_images(folder):
+    """Image files under `folder`, recursively, sorted; hidden files and folders skipped."""
+    folder = Path(folder)
+    return sorted(
+        path for path in folder.rglob("*")
+        if path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file()
+        and not any(part.startswith(".") for part in path.relative_to(folder).parts)
+    )

@@ -1,0 +1,213 @@
+"""Knowledge bases: a domain's prompts for CLIP to rank, grouped by category, each healthy or a defect.
+
+File format (YAML or JSON):
+
+    name: fruit                                  # optional, defaults to the file name
+    domain: fruit                                # the noun captions use ("A fruit with ...")
+    template: "a photo of a {domain} with {prompt}"
+    prompts:                                     # category -> list of prompts, in ranking order
+      healthy:
+        - {id: fresh, text: smooth unblemished skin, healthy: true}
+      mold:
+        - {id: green_mold, text: green mold, severity: severe}   # healthy defaults to false
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+SEVERITIES = ("mild", "moderate", "severe")
+BUILTIN = {"fruit": Path(__file__).with_name("fruit_knowledge.yaml")}
+SUFFIXES = (".yaml", ".yml", ".json")
+_TOP_KEYS = ("name", "domain", "template", "prompts")
+_PROMPT_KEYS = ("id", "text", "healthy", "severity")
+_ID = re.compile(r"[A-Za-z0-9_.-]+")  # ids end up in CSV columns and file names
+
+
+class KnowledgeError(ValueError):
+    """A knowledge base that cannot be used; the message names the file and the bad entry."""
+
+
+@dataclass(frozen=True)
+class Prompt:
+    id: str
+    text: str
+    category: str
+    healthy: bool
+    severity: str | None = None
+
+
+@dataclass(frozen=True)
+class KnowledgeBase:
+    name: str
+    domain: str
+    template: str
+    prompts: tuple[Prompt, ...]
+
+    def sentences(self) -> list[str]:
+        """The texts fed to CLIP, one per prompt, in prompt order."""
+        return [self.template.format(domain=self.domain, prompt=p.text) for p in self.prompts]
+
+    def healthy_mask(self) -> list[bool]:
+        return [p.healthy for p in self.prompts]
+
+    def ids(self) -> list[str]:
+        return [p.id for p in self.prompts]
+
+    def index(self, id: str) -> int:
+        try:
+            return self.ids().index(id)
+        except ValueError:
+            raise KeyError(f"no prompt {id!r} in knowledge base {self.name!r}") from None
+
+    def categories(self) -> list[str]:
+        return list(dict.fromkeys(p.category for p in self.prompts))
+
+    def to_dict(self) -> dict:
+        """The file format as plain data: dump it as YAML/JSON and load_knowledge reads it back equal."""
+        groups = {}
+        for p in self.prompts:
+            entry = {"id": p.id, "text": p.text, "healthy": p.healthy}
+            if p.severity:
+                entry["severity"] = p.severity
+            groups.setdefault(p.category, []).append(entry)
+        return {"name": self.name, "domain": self.domain, "template": self.template, "prompts": groups}
+
+    def hash(self) -> str:
+        """Short sha256 of what decides labels; the name is left out so a renamed copy stays compatible."""
+        content = {k: v for k, v in self.to_dict().items() if k != "name"}
+        blob = json.dumps(content, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+        return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
+
+    @classmethod
+    def from_dict(cls, data, source: str = "<dict>") -> KnowledgeBase:
+        """Validate parsed file content; errors read "<source>: prompts.mold[2]: missing 'text'"."""
+        return _parse(data, source)
+
+
+def load_knowledge(name_or_path: str | Path | KnowledgeBase = "fruit") -> KnowledgeBase:
+    """A built-in base by name ("fruit") or a .yaml/.yml/.json file."""
+    if isinstance(name_or_path, KnowledgeBase):
+        return name_or_path
+    path = BUILTIN.get(str(name_or_path)) or Path(name_or_path)
+    if path.suffix.lower() not in SUFFIXES:
+        raise KnowledgeError(f"{path}: neither a built-in knowledge base ({', '.join(BUILTIN)}) "
+                             f"nor a {'/'.join(SUFFIXES)} file")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise KnowledgeError(f"{path}: cannot read: {e}") from e
+    return KnowledgeBase.from_dict(_decode(text, path), source=str(path))
+
+
+def _decode(text: str, path: Path):
+    try:
+        if path.suffix.lower() == ".json":
+            return json.loads(text, object_pairs_hook=_json_object)
+        return yaml.load(text, Loader=_StrictLoader)
+    except KnowledgeError as e:
+        raise KnowledgeError(f"{path}: {e}") from e
+    except json.JSONDecodeError as e:
+        raise KnowledgeError(f"{path}: line {e.lineno}: invalid JSON: {e.msg}") from e
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}: " if mark else ""
+        raise KnowledgeError(f"{path}: {where}invalid YAML: {getattr(e, 'problem', None) or e}") from e
+
+
+def _json_object(pairs):
+    keys = [k for k, _ in pairs]
+    for k in keys:
+        if keys.count(k) > 1:
+            raise KnowledgeError(f"duplicate key {k!r}")  # _decode adds the path
+    return dict(pairs)
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate keys: plain YAML silently keeps the last (e.g. a category twice)."""
+
+    def construct_mapping(self, node, deep=False):
+        mapping = super().construct_mapping(node, deep)
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+            seen.add(key)
+        return mapping
+
+
+def _parse(data, source: str) -> KnowledgeBase:
+    def fail(where, message):
+        raise KnowledgeError(f"{source}: {where}: {message}" if where else f"{source}: {message}")
+
+    if not isinstance(data, dict):
+        fail("", "expected a mapping with 'domain', 'template' and 'prompts'")
+    for key in data:
+        if key not in _TOP_KEYS:
+            fail(key, f"unknown key (expected {', '.join(_TOP_KEYS)})")
+    name = _text(data.get("name", Path(source).stem), "name", fail)
+    domain = _text(data.get("domain"), "domain", fail)
+    template = _text(data.get("template"), "template", fail)
+    if "{prompt}" not in template:
+        fail("template", f"{template!r} has no {{prompt}} placeholder")
+    try:
+        template.format(domain=domain, prompt="x")
+    except (KeyError, IndexError, ValueError) as e:
+        fail("template", f"{template!r}: only {{domain}} and {{prompt}} may appear in braces ({e!r})")
+
+    groups = data.get("prompts")
+    if not isinstance(groups, dict) or not groups:
+        fail("prompts", "expected a mapping of category -> list of prompts")
+    prompts, first_seen = [], {}
+    for category, entries in groups.items():
+        if not isinstance(category, str) or not category.strip():
+            fail(f"prompts.{category}", "category names must be non-empty strings")
+        if not isinstance(entries, list) or not entries:
+            fail(f"prompts.{category}", "expected a non-empty list of prompts")
+        for i, entry in enumerate(entries):
+            where = f"prompts.{category}[{i}]"
+            prompt = _prompt(entry, category.strip(), where, fail)
+            if prompt.id in first_seen:
+                fail(where, f"duplicate id {prompt.id!r} (first at {first_seen[prompt.id]})")
+            first_seen[prompt.id] = where
+            prompts.append(prompt)
+    if not any(p.healthy for p in prompts):
+        fail("prompts", "no healthy prompts (mark at least one 'healthy: true' so a fresh item can come out fresh)")
+    if all(p.healthy for p in prompts):
+        fail("prompts", "no defect prompts (every prompt is marked 'healthy: true')")
+    return KnowledgeBase(name, domain, template, tuple(prompts))
+
+
+def _prompt(entry, category, where, fail) -> Prompt:
+    if not isinstance(entry, dict):
+        fail(where, "expected a mapping with 'id' and 'text'")
+    for key in entry:
+        if key not in _PROMPT_KEYS:
+            fail(where, f"unknown key {key!r} (expected {', '.join(_PROMPT_KEYS)})")
+    for key in ("id", "text"):
+        if key not in entry:
+            fail(where, f"missing {key!r}")
+    id = _text(entry["id"], f"{where}.id", fail)
+    if not _ID.fullmatch(id):
+        fail(f"{where}.id", f"{id!r}: use only letters, digits, '_', '.' and '-'")
+    healthy = entry.get("healthy", False)
+    if not isinstance(healthy, bool):
+        fail(f"{where}.healthy", f"expected true or false, got {healthy!r}")
+    severity = entry.get("severity")
+    if severity is not None and severity not in SEVERITIES:
+        fail(f"{where}.severity", f"unknown severity {severity!r} (expected {', '.join(SEVERITIES)})")
+    if severity is not None and healthy:
+        fail(f"{where}.severity", "a healthy prompt has no severity")
+    return Prompt(id, _text(entry["text"], f"{where}.text", fail), category, healthy, severity)
+
+
+def _text(value, where, fail) -> str:
+    if not isinstance(value, str) or not value.strip():
+        fail(where, "missing" if value is None else f"expected a non-empty string, got {value!r}")
+    return value.strip()
