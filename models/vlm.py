@@ -138,13 +138,17 @@ class ClipCaptioner(nn.Module):
             )
         return [_clean(text) for text in self.tokenizer.batch_decode(ids, skip_special_tokens=True)]
 
-    def save_pretrained(self, directory):
-        """Bundle = config.json + mapper.safetensors (+ lm/ when the LM was trained), written atomically."""
+    def save_pretrained(self, directory, include_clip=False):
+        """Bundle = config.json + mapper.safetensors (+ lm/ when the LM was trained, + clip/ when asked:
+        a self-contained bundle), written atomically."""
         directory = Path(directory)
         directory.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
         config = dataclasses.asdict(self.config)
         config["clip"] = _portable_path(config["clip"], directory)
+        if include_clip:
+            self.clip.save_pretrained(staging / "clip")
+            config["clip"] = "clip"
         (staging / "config.json").write_text(json.dumps(config, indent=2))
         save_file({k: v.contiguous() for k, v in self.mapper.state_dict().items()}, staging / "mapper.safetensors")
         if self.config.lm_mode != "frozen":

@@ -96,13 +96,15 @@ def test_save_load_round_trip(tmp_path, lm_mode):
     assert loaded.generate(embeddings=embeddings) == captioner.generate(embeddings=embeddings)
 
 
-def test_bundle_inside_clip_dir_is_stored_relative(tmp_path):
+def test_self_contained_bundle_moves_with_its_clip(tmp_path):
     captioner = make_tiny_captioner("opt")
     save_models(captioner, tmp_path)
-    captioner.clip.save_pretrained(tmp_path / "bundle-clip")
-    captioner.config.clip = str(tmp_path / "bundle-clip")
-    captioner.save_pretrained(tmp_path / "bundle")
-    assert json.loads((tmp_path / "bundle" / "config.json").read_text())["clip"] == str(tmp_path / "bundle-clip")
+    captioner.save_pretrained(tmp_path / "bundle", include_clip=True)
+    (tmp_path / "bundle").rename(tmp_path / "moved")
+    assert json.loads((tmp_path / "moved" / "config.json").read_text())["clip"] == "clip"
+    loaded = ClipCaptioner.from_pretrained(tmp_path / "moved", device="cpu")
+    pixels = torch.rand(1, 3, 32, 32)
+    assert torch.equal(loaded.clip.encode_images(pixels), captioner.clip.encode_images(pixels))
 
 
 def test_mismatched_bundle_names_the_problem(tmp_path):
