@@ -15,7 +15,6 @@ from transformers import CLIPConfig, LlamaConfig, LlamaForCausalLM, OPTConfig, O
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from models.clip import CLIPW, make_word_tokenizer  # noqa: E402
-from models.lm import set_precision  # noqa: E402
 from models.vlm import CaptionerConfig, ClipCaptioner  # noqa: E402
 
 LMS = {
@@ -54,10 +53,9 @@ def main():
     for name in args.lms:
         lm = LMS[name]()
         words = make_word_tokenizer([f"w{i}" for i in range(lm.config.vocab_size)])
-        base = ClipCaptioner(clip, lm, words, CaptionerConfig(lm=name)).eval()
         for precision in ("fp32", "bf16", "int8"):
-            captioner = copy.copy(base)
-            captioner.lm = set_precision(copy.deepcopy(lm), precision)
+            captioner = ClipCaptioner(clip, copy.deepcopy(lm), words, CaptionerConfig(lm=name)).eval()
+            captioner.set_precision(precision)
             for batch, cache in ((1, True), (8, True), (1, False)):
                 if not cache and precision != "fp32":
                     continue

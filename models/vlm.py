@@ -53,6 +53,7 @@ class ClipCaptioner(nn.Module):
         config = config or CaptionerConfig()
         config.clip_dim, config.lm_dim = clip.embed_dim, lm.get_input_embeddings().embedding_dim
         self.clip, self.lm, self.tokenizer, self.config = clip, lm, tokenizer, config
+        self.lm_precision = "fp32"
         self.mapper = build_mapper(
             config.mapper, config.clip_dim, config.lm_dim, config.prefix_length, config.mapper_hidden or None,
             config.clip_length, config.mapper_layers, config.mapper_heads,
@@ -138,6 +139,13 @@ class ClipCaptioner(nn.Module):
             )
         return [_clean(text) for text in self.tokenizer.batch_decode(ids, skip_special_tokens=True)]
 
+    def set_precision(self, precision):
+        """Reduced-precision CPU inference (see models.lm.set_precision). int8 LMs pass no gradient, so
+        caption maps need fp32 or bf16."""
+        self.lm = set_precision(self.lm, precision)
+        self.lm_precision = precision
+        return self
+
     def save_pretrained(self, directory, include_clip=False):
         """Bundle = config.json + mapper.safetensors (+ lm/ when the LM was trained, + clip/ when asked:
         a self-contained bundle), written atomically."""
@@ -157,7 +165,8 @@ class ClipCaptioner(nn.Module):
         _replace_directory(staging, directory)
 
     @classmethod
-    def from_pretrained(cls, directory, device=None, lm_precision="fp32"):
+    def from_pretrained(cls, directory, device=None, lm_precision="fp32", lm=None):
+        """Load a bundle; `lm` swaps in another LM of the same width for a frozen-LM bundle."""
         directory = Path(directory)
         config_path = directory / "config.json"
         if not config_path.is_file():
@@ -165,13 +174,16 @@ class ClipCaptioner(nn.Module):
         config = CaptionerConfig.from_dict(json.loads(config_path.read_text()), str(config_path))
         clip_source = directory / config.clip if (directory / config.clip).is_dir() else config.clip
         clip = CLIPW.from_pretrained(clip_source, device)
+        if lm is not None and (directory / "lm").is_dir():
+            raise ValueError(f"{directory} carries its own fine-tuned LM; it cannot be swapped for '{lm}'")
+        config.lm = lm or config.lm
         lm, tokenizer = load_lm(directory / "lm" if (directory / "lm").is_dir() else config.lm)
         saved_dims = {"clip_dim": config.clip_dim, "lm_dim": config.lm_dim}
         captioner = cls(clip, lm, tokenizer, config)
         _check_dims(saved_dims, config, config_path)
         _load_mapper(captioner.mapper, directory / "mapper.safetensors", config)
         captioner.eval().requires_grad_(False)
-        captioner.lm = set_precision(captioner.lm, lm_precision)
+        captioner.set_precision(lm_precision)
         return captioner
 
 

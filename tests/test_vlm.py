@@ -5,7 +5,6 @@ import pytest
 import torch
 
 from conftest import CAPTIONS, make_tiny_captioner
-from models.lm import set_precision
 from models.mapper import MLPMapper, TransformerMapper
 from models.vlm import ClipCaptioner
 
@@ -164,6 +163,5 @@ def overfit_opt():
 @pytest.mark.parametrize("precision", ["bf16", "int8"])
 def test_reduced_precision_keeps_greedy_captions(overfit_opt, precision):
     captioner, embeddings = overfit_opt
-    reduced = copy.copy(captioner)
-    reduced.lm = set_precision(copy.deepcopy(captioner.lm), precision)
+    reduced = copy.deepcopy(captioner).set_precision(precision)
     assert reduced.generate(embeddings=embeddings, max_new_tokens=20) == CAPTIONS
