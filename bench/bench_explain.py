@@ -54,12 +54,14 @@ def main():
 
     rows = [
         ("plain image encode (no grad)", lambda: clip.encode_images(pixels)),
-        (f"Grad-CAM, {args.k} maps, 1 forward + batched backward", lambda: explainer.gradcam(pixels, texts, indices=top)),
+        (f"Grad-CAM, {args.k} maps, 1 forward + batched backward",
+         lambda: explainer.gradcam(pixels, texts, indices=top)),
         (f"Grad-CAM contrastive, {args.k} maps, batched",
          lambda: explainer.gradcam(pixels, texts, target="contrastive", indices=top)),
         (f"Grad-CAM, {args.k} maps, {args.k} separate forward+backward",
          lambda: explainer.gradcam(pixels, texts, indices=top, separate_passes=True)),
-        (f"relevancy, {args.k} maps, 1 forward + batched backward", lambda: explainer.relevancy(pixels, texts, indices=top)),
+        (f"relevancy, {args.k} maps, 1 forward + batched backward",
+         lambda: explainer.relevancy(pixels, texts, indices=top)),
         (f"relevancy, {args.k} maps, {args.k} separate forward+backward",
          lambda: explainer.relevancy(pixels, texts, indices=top, separate_passes=True)),
     ]

@@ -12,6 +12,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from utils.images import center_crop_box, load_image
+
 METHODS = ("gradcam", "gradcam_contrastive", "relevancy")
 TARGETS = ("logit", "contrastive")
 
@@ -32,12 +34,6 @@ def normalize_maps(maps):
     span = high - low
     scaled = torch.where(span > 1e-12, (flat - low) / span.clamp(min=1e-12), torch.zeros_like(flat))
     return scaled.reshape(maps.shape)
-
-
-def upsample(maps, size):
-    """[k, g, g] maps -> [k, H, W] (bilinear), e.g. onto the S x S crop that CLIP saw."""
-    size = (size, size) if isinstance(size, int) else tuple(size)
-    return F.interpolate(maps[:, None].float(), size=size, mode="bilinear", align_corners=False)[:, 0]
 
 
 def gradcam_maps(activations, gradients):
@@ -158,6 +154,10 @@ class Explainer:
     def caption_map(self, captioner, pixel_values, caption, per_word=False):
         """Grad-CAM of the caption's log-likelihood, back through LM and mapper into CLIP: [1, g, g];
         with per_word, one map per whitespace word of the caption: [n_words, g, g]."""
+        if any(type(m).__module__.startswith("torch.ao.nn.quantized") for m in captioner.modules()):
+            raise ValueError("caption maps need gradients through the LM and int8 layers have none: "
+                             "load the captioner with lm_precision 'fp32' or 'bf16'")
+
         def target(features):
             if per_word:
                 return word_log_probs(captioner, features, caption)
@@ -253,11 +253,8 @@ def word_spans(caption):
 
 def token_log_probs(captioner, features, caption):
     """log p of each caption token, then of EOS, given the image embedding [1, D]: [n_tokens + 1]."""
-    embeddings, mask, labels = captioner._teacher_forcing_inputs(features, [caption])
-    logits = captioner.lm(inputs_embeds=embeddings, attention_mask=mask).logits[0, :-1].float()
-    targets = labels[0, 1:]
-    picked = logits.log_softmax(-1).gather(-1, targets.clamp(min=0)[:, None])[:, 0]
-    return picked[targets != -100]
+    log_probs, real = captioner.caption_token_log_probs(features, [caption])
+    return log_probs[0][real[0]]
 
 
 def word_log_probs(captioner, features, caption):
@@ -296,14 +293,13 @@ class Explanation:
         return combined / combined.max() if combined.max() > 0 else combined
 
 
+@_autograd_on()
 def explain_image(clip, image, prompts, k=5, method="gradcam", block=-2):
     """Top-k prompts for one image and a map for each, all from one forward pass through CLIP.
 
     `clip` is a CLIPW; `image` anything utils.images.load_image reads (path, bytes, PIL, array);
     method: "gradcam" (logit target), "gradcam_contrastive" (log-softmax target) or "relevancy".
     """
-    from utils.images import center_crop_box, load_image
-
     if method not in METHODS:
         raise ValueError(f"unknown method '{method}': choose one of {METHODS}")
     picture = load_image(image)
@@ -318,9 +314,10 @@ def explain_image(clip, image, prompts, k=5, method="gradcam", block=-2):
         scores = logits.log_softmax(-1) if method == "gradcam_contrastive" else logits
         return scores[chosen["indices"]]
 
-    maps = explainer.explain(clip.preprocess(picture), top_k_target, "relevancy" if method == "relevancy" else "gradcam")
+    recipe = "relevancy" if method == "relevancy" else "gradcam"
+    maps = explainer.explain(clip.preprocess(picture), top_k_target, recipe)
     return Explanation(
         prompts=[prompts[i] for i in chosen["indices"].tolist()], probs=chosen["probs"].tolist(),
-        maps=maps.detach().cpu().numpy().astype(np.float32), crop_box=center_crop_box(*picture.size),
+        maps=maps.cpu().numpy().astype(np.float32), crop_box=center_crop_box(*picture.size),
         image_size=picture.size, method=method,
     )

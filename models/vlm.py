@@ -105,13 +105,18 @@ class ClipCaptioner(nn.Module):
         embeddings, mask, labels = self._teacher_forcing_inputs(clip_embeddings, captions)
         return self.lm(inputs_embeds=embeddings, attention_mask=mask, labels=labels)
 
-    def caption_log_likelihood(self, clip_embeddings, captions):
-        """Sum of log p(token) over each caption's tokens and EOS: [B], differentiable (caption maps)."""
+    def caption_token_log_probs(self, clip_embeddings, captions):
+        """log p of each caption token and EOS: ([B, T] log-probs, [B, T] mask of real tokens), differentiable."""
         embeddings, mask, labels = self._teacher_forcing_inputs(clip_embeddings, captions)
         logits = self.lm(inputs_embeds=embeddings, attention_mask=mask).logits[:, :-1].float()
         targets = labels[:, 1:]
         picked = logits.log_softmax(-1).gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-        return (picked * (targets != -100)).sum(dim=1)
+        return picked, targets != -100
+
+    def caption_log_likelihood(self, clip_embeddings, captions):
+        """Sum of log p over each caption's tokens and EOS: [B] (the target of caption maps)."""
+        log_probs, real = self.caption_token_log_probs(clip_embeddings, captions)
+        return (log_probs * real).sum(dim=1)
 
     @torch.no_grad()
     def generate(self, images=None, embeddings=None, *, prefix_text=None, temperature=0.0, top_k=0, top_p=1.0,

@@ -9,6 +9,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+
+torch.set_num_threads(1)  # tiny models: thread start-up costs more than it gains, worse on a shared machine
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, OPTConfig, OPTForCausalLM  # noqa: E402,E501
 
 from models.clip import CLIPW, make_word_tokenizer, tiny_clip_config  # noqa: E402

@@ -5,6 +5,7 @@ from PIL import Image
 from transformers import CLIPConfig, CLIPModel
 
 from conftest import PROMPTS, make_tiny_captioner
+from models.lm import set_precision
 from models.explain import (Explainer, Explanation, explain_image, gradcam_maps, normalize_maps, token_log_probs,
                             tokens_to_grid, word_log_probs)
 
@@ -120,7 +121,8 @@ def test_contrastive_differs_from_logit(tiny_clip, method):
 
 def test_block_choice(tiny_clip):
     pixels = torch.randn(1, 3, 32, 32)
-    first, default = Explainer(tiny_clip, block=0).gradcam(pixels, PROMPTS), Explainer(tiny_clip).gradcam(pixels, PROMPTS)
+    first = Explainer(tiny_clip, block=0).gradcam(pixels, PROMPTS)
+    default = Explainer(tiny_clip).gradcam(pixels, PROMPTS)
     assert torch.equal(first, default)  # two layers: block 0 is the second-to-last
     # the last block's patch outputs never reach the pooled CLS token: no gradient, a blank (not NaN) map
     assert Explainer(tiny_clip, block=-1).gradcam(pixels, PROMPTS).eq(0).all()
@@ -170,6 +172,9 @@ def test_explain_image_returns_top_k_with_maps(tiny_clip):
         assert result.maps.shape == (3, 4, 4) and result.maps.dtype == np.float32
         assert result.crop_box == (10, 0, 50, 40) and result.image_size == (60, 40)
         assert result.combined.shape == (4, 4) and result.combined.max() == pytest.approx(1.0)
+    with torch.inference_mode():  # the app may call it from inside inference mode
+        again = explain_image(tiny_clip, image, PROMPTS, k=3, method="relevancy")
+    assert np.allclose(again.maps, result.maps, atol=1e-6)
     with pytest.raises(ValueError):
         explain_image(tiny_clip, image, PROMPTS, method="saliency")
 
@@ -215,6 +220,14 @@ def test_caption_maps_through_a_real_captioner(lm_kind):
     tokens = token_log_probs(captioner, features, caption)
     assert torch.allclose(tokens.sum(), captioner.caption_log_likelihood(features, [caption])[0], atol=1e-4)
     assert torch.allclose(word_log_probs(captioner, features, caption).sum(), tokens[:-1].sum(), atol=1e-4)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")  # torch's int8 API
+def test_caption_map_refuses_an_int8_lm_instead_of_drawing_blank_maps():
+    captioner = make_tiny_captioner("opt")
+    captioner.lm = set_precision(captioner.lm, "int8")
+    with pytest.raises(ValueError, match="int8"):
+        Explainer(captioner.clip).caption_map(captioner, torch.randn(1, 3, 32, 32), "a pear.")
 
 
 def test_words_own_their_tokens():
