@@ -14,7 +14,7 @@ import torch
 from transformers import CLIPConfig, LlamaConfig, LlamaForCausalLM, OPTConfig, OPTForCausalLM
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from models.clip import CLIPW, make_word_tokenizer  # noqa: E402
+from models.clip import CLIPW, make_word_tokenizer, tiny_clip_config  # noqa: E402
 from models.vlm import CaptionerConfig, ClipCaptioner  # noqa: E402
 
 LMS = {
@@ -35,6 +35,29 @@ def median_ms(fn, repeats):
     return statistics.median(times)
 
 
+def greedy_agreement(steps=300):
+    """Overfit a tiny OPT captioner on 4 captions (as the tests do); do reduced precisions keep its captions?"""
+    captions = ["a fresh apple with smooth skin.", "an apple with green mold and a bruise.",
+                "a pear with dark spots.", "a lemon with a cut in the skin and white mold."]
+    words = make_word_tokenizer(captions)
+    clip = CLIPW.from_config(tiny_clip_config(vocab_size=len(words)), words, device="cpu")
+    lm = OPTForCausalLM(OPTConfig(vocab_size=len(words), hidden_size=32, word_embed_proj_dim=32, ffn_dim=64,
+                                  num_hidden_layers=2, num_attention_heads=2, pad_token_id=0, bos_token_id=2,
+                                  eos_token_id=3))
+    captioner = ClipCaptioner(clip, lm, words, CaptionerConfig(prefix_length=4, lm_mode="full"))
+    embeddings = torch.nn.functional.normalize(torch.randn(4, clip.embed_dim), dim=-1)
+    optimizer = torch.optim.AdamW([p for p in captioner.parameters() if p.requires_grad], lr=3e-3)
+    for _ in range(steps):
+        optimizer.zero_grad()
+        captioner(embeddings, captions).loss.backward()
+        optimizer.step()
+    captioner.eval()
+    reference = captioner.generate(embeddings=embeddings, max_new_tokens=20)
+    for precision in ("bf16", "int8"):
+        same = copy.deepcopy(captioner).set_precision(precision).generate(embeddings=embeddings, max_new_tokens=20)
+        print(f"overfit test model, {precision} greedy captions identical to fp32: {same == reference}")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per figure (median reported)")
@@ -50,6 +73,7 @@ def main():
         ms = median_ms(lambda: clip.encode_images(pixels), args.repeats)
         print(f"CLIP ViT-B/32 image encode, batch {batch}: {ms / batch:7.1f} ms/image")
 
+    greedy_agreement()
     for name in args.lms:
         lm = LMS[name]()
         words = make_word_tokenizer([f"w{i}" for i in range(lm.config.vocab_size)])

@@ -1,6 +1,7 @@
 """Loading causal language models: hub ids, local directories, and the offline SmolLM2-135M."""
 import importlib.util
 import os
+import warnings
 from pathlib import Path
 
 import torch
@@ -56,7 +57,9 @@ def set_precision(lm, precision):
     if precision == "bf16":
         return lm.to(torch.bfloat16)
     if precision == "int8":
-        return torch.ao.quantization.quantize_dynamic(lm, {nn.Linear}, dtype=torch.qint8)
+        with warnings.catch_warnings():  # torch.ao.quantization is deprecated in favour of torchao, not gone
+            warnings.simplefilter("ignore")
+            return torch.ao.quantization.quantize_dynamic(lm, {nn.Linear}, dtype=torch.qint8)
     return lm
 
 
