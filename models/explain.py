@@ -5,6 +5,7 @@ scores taken in ONE batched backward (vmap over the k rows of an identity), and 
 (activations, gradients) into k maps on the patch grid. The methods only choose the targets and the recipe.
 """
 import math
+import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -78,17 +79,29 @@ def _eval_mode(module):
             m.training = training
 
 
+_ATTENTION_LOCK = threading.Lock()
+_EAGER_USERS = {}  # id(vision model) -> (explanations using eager now, implementation to restore)
+
+
 @contextmanager
 def _eager_attention(vision_model):
-    """SDPA returns no attention probabilities; eager does the same math and returns them."""
-    previous = vision_model.config._attn_implementation
-    if previous != "eager":
-        vision_model.set_attn_implementation("eager")
+    """SDPA returns no attention probabilities; eager does the same math and returns them. Counted per model,
+    so concurrent requests on one shared model never switch it back under each other."""
+    key = id(vision_model)
+    with _ATTENTION_LOCK:
+        users, previous = _EAGER_USERS.get(key, (0, vision_model.config._attn_implementation))
+        if users == 0 and previous != "eager":
+            vision_model.set_attn_implementation("eager")
+        _EAGER_USERS[key] = (users + 1, previous)
     try:
         yield
     finally:
-        if previous != "eager":
-            vision_model.set_attn_implementation(previous)
+        with _ATTENTION_LOCK:
+            users, previous = _EAGER_USERS.pop(key)
+            if users > 1:
+                _EAGER_USERS[key] = (users - 1, previous)
+            elif previous != "eager":
+                vision_model.set_attn_implementation(previous)
 
 
 @contextmanager
@@ -100,7 +113,13 @@ def _autograd_on():
 
 @contextmanager
 def _hooks(modules, hook):
-    handles = [module.register_forward_hook(hook) for module in modules]
+    """Forward hooks that see only this thread's passes: the app's requests share one model concurrently."""
+    owner = threading.get_ident()
+
+    def own_thread_only(module, inputs, output):
+        return hook(module, inputs, output) if threading.get_ident() == owner else None
+
+    handles = [module.register_forward_hook(own_thread_only) for module in modules]
     try:
         yield
     finally:
