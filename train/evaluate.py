@@ -19,8 +19,8 @@ import pandas as pd  # noqa: E402
 
 from models.vlm import ClipCaptioner  # noqa: E402
 from train.train import (generate_captions, load_training_data, mean_loss, parse_metrics,  # noqa: E402
-                         references_by_image, same_model, split_indices, write_atomic)
-from utils.data import DatasetMismatchError  # noqa: E402
+                         references_by_image, same_model, split_indices)
+from utils.data import DatasetMismatchError, atomic_write  # noqa: E402
 from utils.metrics import SCORERS, caption_metrics  # noqa: E402
 
 
@@ -117,7 +117,7 @@ def main(argv=None):
         ap.exit(2, f"error: {error}\n")
     print(format_table(table))
     if args.csv:
-        write_atomic(args.csv, lambda p: table.to_csv(p, index=False))
+        atomic_write(args.csv, lambda p: table.to_csv(p, index=False))
         print(f"wrote {args.csv}")
     return table
 

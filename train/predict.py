@@ -23,7 +23,7 @@ from tqdm import tqdm  # noqa: E402
 from models.explain import METHODS  # noqa: E402
 from models.inspector import Inspector  # noqa: E402
 from train.evaluate import display_names  # noqa: E402
-from train.train import write_atomic  # noqa: E402
+from utils.data import atomic_write  # noqa: E402
 from utils.images import ImageLoadError, find_images, load_image  # noqa: E402
 from utils.summarizer import summarize  # noqa: E402
 
@@ -59,7 +59,7 @@ def caption_and_top_k(inspector, picture, k, generation):
 
 
 def save_png(image, path):
-    write_atomic(path, lambda p: image.save(p, format="PNG"))
+    atomic_write(path, lambda p: image.save(p, format="PNG"))
     return path
 
 
@@ -142,12 +142,12 @@ def write_outputs(records, failed, out_dir):
         for rank, match in enumerate(record["top_k"], start=1):
             row[f"prompt_{rank}"], row[f"prob_{rank}"] = match["id"], match["prob"]
         rows.append(row)
-    write_atomic(out_dir / "predictions.csv", lambda p: pd.DataFrame(rows).to_csv(p, index=False))
+    atomic_write(out_dir / "predictions.csv", lambda p: pd.DataFrame(rows).to_csv(p, index=False))
     payload = {"predictions": records, "failed": [{"image": image, "reason": reason} for image, reason in failed]}
-    write_atomic(out_dir / "predictions.json",
+    atomic_write(out_dir / "predictions.json",
                  lambda p: p.write_text(json.dumps(payload, indent=1, ensure_ascii=False), encoding="utf-8"))
     lines = "".join(f"{image}\t{' '.join(reason.split())}\n" for image, reason in failed)
-    write_atomic(out_dir / "failed_images.txt", lambda p: p.write_text(lines, encoding="utf-8"))
+    atomic_write(out_dir / "failed_images.txt", lambda p: p.write_text(lines, encoding="utf-8"))
 
 
 def main(argv=None):

@@ -40,7 +40,7 @@ from tqdm import tqdm  # noqa: E402
 from models.clip import CLIPW  # noqa: E402
 from models.lm import load_lm  # noqa: E402
 from models.vlm import DEFAULT_LM, CaptionerConfig, ClipCaptioner  # noqa: E402
-from utils.data import DatasetMismatchError, check_compatible, load_dataset, stratified_split  # noqa: E402
+from utils.data import DatasetMismatchError, atomic_write, check_compatible, load_dataset, stratified_split  # noqa: E402,E501
 from utils.knowledge import BUILTIN, KnowledgeError, load_knowledge  # noqa: E402
 from utils.metrics import COCO_METRICS, SCORERS, caption_metrics  # noqa: E402
 
@@ -317,22 +317,10 @@ def validation_scores(captioner, data, val_idx, opts):
     return scores, len(items)
 
 
-def write_atomic(path, write):
-    """write(temp_path) then rename: a killed run never leaves half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        write(temp)
-        os.replace(temp, path)
-    finally:
-        temp.unlink(missing_ok=True)
-
-
 def write_metrics(history, out_dir):
     import pandas as pd
     table = pd.DataFrame(history, columns=list(COLUMNS))
-    write_atomic(Path(out_dir) / "metrics.csv", lambda p: table.to_csv(p, index=False))
+    atomic_write(Path(out_dir) / "metrics.csv", lambda p: table.to_csv(p, index=False))
 
 
 def plot_curves(history, out_dir):
@@ -356,7 +344,7 @@ def plot_curves(history, out_dir):
         ax.legend()
     fig.tight_layout()
     try:
-        write_atomic(Path(out_dir) / "curves.png", lambda p: fig.savefig(p, format="png", dpi=100))
+        atomic_write(Path(out_dir) / "curves.png", lambda p: fig.savefig(p, format="png", dpi=100))
     finally:
         plt.close(fig)
 

@@ -65,6 +65,7 @@ class LabeledDataset:
 def atomic_write(path, write) -> Path:
     """Call write(temp_path), then rename over `path`: a killed run never leaves a half-written file."""
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         write(tmp)
