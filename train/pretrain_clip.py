@@ -1,0 +1,478 @@
+"""Pretrain the offline demo's small CLIP on a synthetic fruit world (no pretrained CLIP can be had here).
+
+    python train/pretrain_clip.py --world checkpoints/demo-world --out checkpoints/demo-work/clip
+
+A patch ViT (64 px, 8 px patches: an 8 x 8 grid for the explanations) and a small text encoder with a
+word-level tokenizer, trained on the world's images against the knowledge base's prompts: each image's
+target is spread over its true defect prompts (by defect area), a healthy item's over the healthy prompts.
+The prompt embeddings are first pushed apart, then frozen (trained along, the text tower merges prompts
+the images cannot tell apart yet, e.g. "a cut" and "a scar"). Because the world comes with defect masks,
+three auxiliary losses make a short CPU run learn fast and look at the right place: the patch tokens of
+the last blocks and what each patch would add to the CLS token are classified against their masks, and
+the last block's CLS attention is pulled onto the defects.
+
+The result is a plain CLIP directory: `CLIPW.from_pretrained(out)` loads it like a real one. Each
+finished epoch is saved under OUT.partial, so a stopped run continues where it was.
+"""
+import argparse
+import dataclasses
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a plain script from anywhere
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from safetensors.torch import load_file, save_file  # noqa: E402
+from tqdm.auto import tqdm  # noqa: E402
+from transformers import CLIPConfig  # noqa: E402
+
+from models.clip import CLIPW, OPENAI_MEAN, OPENAI_STD, make_word_tokenizer  # noqa: E402
+from utils.images import center_crop_box  # noqa: E402
+from utils.knowledge import load_knowledge  # noqa: E402
+from utils.synthetic import load_masks, load_truth  # noqa: E402
+
+DEFECT_PATCH_WEIGHT = 10.0  # defect patches are few next to the skin and background around them
+SETTINGS_FILE = "pretrain.json"  # written last: its presence marks a finished CLIP directory
+
+
+@dataclass
+class PretrainOptions:
+    image_size: int = 64
+    patch_size: int = 8
+    width: int = 128  # vision transformer width
+    layers: int = 4
+    heads: int = 4
+    text_width: int = 64
+    text_layers: int = 2
+    embed_dim: int = 128
+    epochs: int = 28
+    batch_size: int = 64
+    lr: float = 2e-3
+    weight_decay: float = 0.05
+    warmup_fraction: float = 0.1
+    text_warmup: int = 100  # steps of separate_prompts before the text tower is frozen
+    area_weight: float = 0.5  # multi-defect targets: 0 = uniform over true defects, 1 = proportional to area
+    patch_weight: float = 1.0  # auxiliary loss: every patch token against the defects its mask says it shows
+    patch_layers: tuple = (-2, -3)  # vision hidden states the patch loss reads (-2: the one Grad-CAM explains)
+    value_weight: float = 1.0  # auxiliary loss: what each patch would add to the CLS token, against its mask
+    attention_weight: float = 1.0  # auxiliary loss: the last block's CLS attention onto the defects
+    patch_full: float = 0.2  # a patch this much covered by a defect is labeled all that defect
+    augment: bool = True
+    seed: int = 0
+
+
+def demo_clip_config(vocab_size, opts=PretrainOptions(), max_text_length=32):
+    """A transformers CLIPConfig of the demo's sizes."""
+    return CLIPConfig(
+        text_config=dict(
+            vocab_size=vocab_size, max_position_embeddings=max_text_length, hidden_size=opts.text_width,
+            intermediate_size=4 * opts.text_width, num_hidden_layers=opts.text_layers,
+            num_attention_heads=max(1, opts.text_width // 32), pad_token_id=0, bos_token_id=2, eos_token_id=3,
+        ),
+        vision_config=dict(
+            image_size=opts.image_size, patch_size=opts.patch_size, hidden_size=opts.width,
+            intermediate_size=4 * opts.width, num_hidden_layers=opts.layers, num_attention_heads=opts.heads,
+        ),
+        projection_dim=opts.embed_dim,
+    )
+
+
+def build_clip(knowledge, opts, device="cpu"):
+    """A randomly initialised demo CLIP whose tokenizer knows every word of the knowledge base."""
+    tokenizer = make_word_tokenizer(knowledge.sentences())
+    torch.manual_seed(opts.seed)
+    return CLIPW.from_config(demo_clip_config(len(tokenizer), opts), tokenizer, device=device)
+
+
+def prompt_targets(world_dir, truth, knowledge, area_weight=0.5):
+    """[N, P] target distribution over the knowledge base's prompts for every item of the world."""
+    ids = knowledge.ids()
+    healthy = torch.tensor(knowledge.healthy_mask(), dtype=torch.float32)
+    targets = torch.zeros(len(truth), len(ids))
+    for row, (item, defects) in enumerate(zip(truth["id"], truth["defects"])):
+        kinds = [d for d in defects.split(";") if d]
+        if not kinds:
+            targets[row] = healthy / healthy.sum()
+            continue
+        missing = [d for d in kinds if d not in ids]
+        if missing:
+            raise ValueError(f"the world has defects {missing} that knowledge base {knowledge.name!r} lacks")
+        weights = np.ones(len(kinds))
+        if len(kinds) > 1 and area_weight > 0:
+            masks = load_masks(world_dir, item)
+            area = np.array([masks[d].sum() for d in kinds], dtype=float)
+            weights = (1 - area_weight) / len(kinds) + area_weight * area / max(area.sum(), 1.0)
+        for kind, weight in zip(kinds, weights / weights.sum()):
+            targets[row, ids.index(kind)] = float(weight)
+    return targets
+
+
+def load_pixels(world_dir, paths, clip, batch_size=256, progress=True):
+    """Every image of the world through the CLIP's own preprocessing, once: [N, 3, S, S] float32."""
+    chunks = []
+    for start in tqdm(range(0, len(paths), batch_size), desc="preprocess", disable=not progress, unit="batch"):
+        chunk = [Path(world_dir) / p for p in paths[start:start + batch_size]]
+        chunks.append(clip.pixel_values(chunk))
+    return torch.cat(chunks)
+
+
+def load_defect_masks(world_dir, truth, knowledge, size):
+    """[N, P, size, size] uint8 coverage (0-255) of each defect prompt over CLIP's center crop."""
+    ids = knowledge.ids()
+    out = torch.zeros(len(truth), len(ids), size, size, dtype=torch.uint8)
+    for row, (item, defects) in enumerate(zip(truth["id"], truth["defects"])):
+        if not defects:
+            continue
+        for kind, mask in load_masks(world_dir, item).items():
+            left, top, right, bottom = center_crop_box(mask.shape[1], mask.shape[0])
+            crop = torch.from_numpy(mask[top:bottom, left:right].astype(np.float32))
+            cover = F.adaptive_avg_pool2d(crop[None, None], size)[0, 0]
+            out[row, ids.index(kind)] = (cover * 255).round().to(torch.uint8)
+    return out
+
+
+_MEAN = torch.tensor(OPENAI_MEAN).view(1, 3, 1, 1)
+_STD = torch.tensor(OPENAI_STD).view(1, 3, 1, 1)
+
+
+def random_warps(n, generator):
+    """[n, 2, 3] affine maps: zoom, shift, small rotation and a horizontal flip at random."""
+    def uniform(low, high):
+        return low + (high - low) * torch.rand(n, generator=generator)
+
+    scale, angle = uniform(0.85, 1.1), uniform(-0.3, 0.3)
+    flip = torch.where(torch.rand(n, generator=generator) < 0.5, -1.0, 1.0)
+    cos, sin = torch.cos(angle) * scale, torch.sin(angle) * scale
+    return torch.stack([torch.stack([cos * flip, -sin, uniform(-0.1, 0.1)], 1),
+                        torch.stack([sin * flip, cos, uniform(-0.1, 0.1)], 1)], 1)
+
+
+def warp(images, theta):
+    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+    return F.grid_sample(images, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+
+
+def jitter_colours(pixels, generator):
+    """Brightness/contrast/saturation jitter on normalized pixels. No hue change: mold colours are what
+    tells the kinds apart."""
+    def uniform(low, high):
+        return low + (high - low) * torch.rand(pixels.shape[0], 1, 1, 1, generator=generator)
+
+    images = pixels * _STD + _MEAN
+    gray = images.mean(dim=1, keepdim=True)
+    images = gray + (images - gray) * uniform(0.8, 1.2)
+    mean = images.mean(dim=(1, 2, 3), keepdim=True)
+    images = mean + (images - mean) * uniform(0.8, 1.2)
+    images = (images * uniform(0.85, 1.15)).clamp(0, 1)
+    return (images - _MEAN) / _STD
+
+
+def augment(pixels, masks, generator):
+    """The same random zoom/shift/rotation/flip for images and their defect masks (one grid_sample each),
+    then colour jitter on the images."""
+    theta = random_warps(pixels.shape[0], generator)
+    return jitter_colours(warp(pixels, theta), generator), warp(masks, theta)
+
+
+def patch_targets(masks, grid, healthy, full=0.2):
+    """Masks [B, P, m, m] (coverage in [0, 1] per prompt) -> [B, grid*grid, P] target per patch: a patch
+    `full` covered by a defect counts as all that defect (thin cuts and small spots never fill a patch);
+    what is left of it goes to the healthy prompts."""
+    cover = (F.adaptive_avg_pool2d(masks, grid).flatten(2).transpose(1, 2) / full).clamp(max=1)
+    cover = cover / cover.sum(dim=-1, keepdim=True).clamp(min=1.0)
+    rest = (1 - cover.sum(dim=-1, keepdim=True)).clamp(min=0)
+    return cover + rest * (healthy / healthy.sum())
+
+
+def soft_cross_entropy(logits, targets):
+    return -(targets * logits.log_softmax(dim=-1)).sum(dim=-1).mean()
+
+
+def _normalized(features):
+    # transformers 5 returns a model output from get_*_features; its pooler_output is the projection
+    return F.normalize(features if torch.is_tensor(features) else features.pooler_output, dim=-1)
+
+
+def contrastive_logits(model, pixel_values, text_tokens):
+    """[B, P] scaled cosine similarities of images to the prompts, as CLIPW computes them."""
+    texts = _normalized(model.get_text_features(**text_tokens))
+    images = _normalized(model.get_image_features(pixel_values=pixel_values))
+    return model.logit_scale.exp().clamp(max=100) * images @ texts.T
+
+
+def train_loss(model, images, covers, targets, tokens, healthy, opts):
+    """Image-to-prompt cross-entropy against soft targets, plus the auxiliary losses (see the module doc)."""
+    texts = _normalized(model.get_text_features(**tokens))
+    output = model.get_image_features(pixel_values=images, output_hidden_states=True,
+                                      output_attentions=opts.attention_weight > 0)
+    scale = model.logit_scale.exp().clamp(max=100)
+
+    def prompt_logits(tokens_):  # any [..., width] vision tokens, through the CLS token's norm and projection
+        return scale * _normalized(model.visual_projection(model.vision_model.post_layernorm(tokens_))) @ texts.T
+
+    loss = soft_cross_entropy(scale * _normalized(output.pooler_output) @ texts.T, targets)
+    grid = model.config.vision_config.image_size // model.config.vision_config.patch_size
+    per_patch = patch_targets(covers, grid, healthy, opts.patch_full)
+    if opts.patch_weight:
+        hidden = torch.cat([output.hidden_states[layer][:, 1:] for layer in opts.patch_layers], dim=1)
+        loss = loss + opts.patch_weight * patch_loss(
+            prompt_logits(hidden), per_patch.repeat(1, len(opts.patch_layers), 1), healthy)
+    if opts.value_weight:  # what each patch adds to the CLS token when attended: what Grad-CAM reads
+        last = model.vision_model.encoder.layers[-1]
+        values = last.self_attn.out_proj(last.self_attn.v_proj(last.layer_norm1(output.hidden_states[-2][:, 1:])))
+        loss = loss + opts.value_weight * patch_loss(prompt_logits(values), per_patch, healthy)
+    if opts.attention_weight:
+        loss = loss + opts.attention_weight * attention_loss(output.attentions[-1], per_patch, healthy)
+    return loss
+
+
+def patch_loss(patch_logits, per_patch, healthy):
+    """Cross-entropy per patch token, defect patches weighted up."""
+    losses = -(per_patch * patch_logits.log_softmax(dim=-1)).sum(dim=-1)
+    weights = 1 + (DEFECT_PATCH_WEIGHT - 1) * per_patch[..., ~healthy.bool()].sum(dim=-1)
+    return (weights * losses).sum() / weights.sum()
+
+
+def attention_loss(attention, per_patch, healthy):
+    """Cross-entropy between the CLS token's attention over the patches (mean over heads) and the defects'
+    share of each patch, on the items that have defects."""
+    defect = per_patch[..., ~healthy.bool()].sum(dim=-1)  # [B, T]
+    has = defect.sum(dim=-1) > 0
+    if not has.any():
+        return attention.sum() * 0
+    share = defect[has] / defect[has].sum(dim=-1, keepdim=True)
+    cls = attention[has][:, :, 0, 1:].mean(dim=1)
+    return -(share * (cls + 1e-6).log()).sum(dim=-1).mean()
+
+
+def separate_prompts(model, tokens, steps=100, lr=1e-2):
+    """Push the prompt embeddings apart before the images train against them: a fresh text tower gives
+    nearly the same embedding to prompts that differ in one word, so early image gradients are tiny.
+    Trains the text tower even when it is frozen for the main training."""
+    params = list(model.text_model.parameters()) + list(model.text_projection.parameters())
+    trainable = [p.requires_grad for p in params]
+    for p in params:
+        p.requires_grad_(True)
+    optimizer = torch.optim.Adam(params, lr=lr)
+    for _ in range(steps):
+        texts = model.get_text_features(**tokens).pooler_output
+        texts = F.normalize(texts, dim=-1)
+        similarity = texts @ texts.T - torch.eye(len(texts), device=texts.device)
+        loss = similarity.clamp(min=0).pow(2).sum() / (len(texts) * (len(texts) - 1))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    for p, flag in zip(params, trainable):
+        p.requires_grad_(flag)
+    return loss.item()
+
+
+def text_tokens(clip, sentences):
+    tokens = clip.tokenizer(sentences, padding=True, return_tensors="pt")
+    return {k: v.to(clip.device) for k, v in tokens.items() if k != "token_type_ids"}
+
+
+def make_optimizer(model, opts, total_steps):
+    """AdamW (no decay on norms, biases and embeddings) with linear warm-up, then cosine to zero."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    decay = [p for n, p in named if p.ndim >= 2 and "embedding" not in n]
+    rest = [p for n, p in named if not (p.ndim >= 2 and "embedding" not in n)]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": opts.weight_decay},
+                                   {"params": rest, "weight_decay": 0.0}], lr=opts.lr)
+    warmup = max(1, int(opts.warmup_fraction * total_steps))
+
+    def factor(step):
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total_steps - warmup))))
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def accuracy(probabilities, targets):
+    """Share of items whose top-1 prompt is one of their true prompts."""
+    top = probabilities.argmax(dim=-1)
+    return float((targets.gather(1, top[:, None])[:, 0] > 0).float().mean())
+
+
+@torch.no_grad()
+def predict(model, pixels, tokens, batch_size=256):
+    model.eval()
+    return torch.cat([contrastive_logits(model, chunk.to(model.logit_scale.device), tokens).softmax(-1).cpu()
+                      for chunk in pixels.split(batch_size)])
+
+
+def _partial(out):
+    return out.with_name(out.name + ".partial")
+
+
+def _save_progress(partial, model, optimizer, scheduler, epoch, opts):
+    """The state after `epoch` finished epochs; the marker file goes last so a torn save is ignored."""
+    partial.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, partial / "model.tmp")
+    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, partial / "optim.tmp")
+    os.replace(partial / "model.tmp", partial / "model.safetensors")
+    os.replace(partial / "optim.tmp", partial / "optim.pt")
+    progress = {"epoch": epoch, "options": _plain(opts)}
+    (partial / "progress.tmp").write_text(json.dumps(progress))
+    os.replace(partial / "progress.tmp", partial / "progress.json")
+
+
+def _resume(partial, model, optimizer, scheduler, opts):
+    """Finished epochs found under OUT.partial for the same options (0 when none)."""
+    try:
+        progress = json.loads((partial / "progress.json").read_text())
+    except (OSError, ValueError):
+        return 0
+    if progress.get("options") != _plain(opts):
+        return 0
+    model.load_state_dict(load_file(partial / "model.safetensors"))
+    state = torch.load(partial / "optim.pt", weights_only=True)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    return int(progress["epoch"])
+
+
+def finished(out_dir, world_dir=None, knowledge=None, **options):
+    """True when out_dir holds a CLIP that pretrain_clip finished with these settings."""
+    try:
+        saved = json.loads((Path(out_dir) / SETTINGS_FILE).read_text())
+    except (OSError, ValueError):
+        return False
+    if world_dir is None:
+        return True
+    expected = _settings(world_dir, load_knowledge(knowledge or "fruit"), make_options(options))
+    return all(saved.get(k) == v for k, v in expected.items())
+
+
+def _plain(opts):
+    """Options as they read back from JSON (tuples become lists), so saved and current ones compare equal."""
+    return json.loads(json.dumps(dataclasses.asdict(opts)))
+
+
+def effective_options(**options):
+    """All pretraining options (defaults filled in) as saved in OUT/pretrain.json under "options"."""
+    return _plain(make_options(options))
+
+
+def _settings(world_dir, knowledge, opts):
+    world = json.loads((Path(world_dir) / "world.json").read_text())
+    return {"options": _plain(opts), "world": world, "knowledge": knowledge.name, "knowledge_hash": knowledge.hash()}
+
+
+def make_options(options):
+    known = {f.name for f in dataclasses.fields(PretrainOptions)}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise TypeError(f"unknown pretraining options {unknown}; known: {sorted(known)}")
+    return PretrainOptions(**options)
+
+
+def pretrain_clip(world_dir, out_dir, knowledge="fruit", *, device=None, progress=True, **options) -> Path:
+    """Train the demo CLIP on a synthetic world; returns out_dir, a directory CLIPW.from_pretrained loads.
+
+    options: the fields of PretrainOptions (image_size, patch_size, width, layers, epochs, lr, ...).
+    A directory already finished with the same world, knowledge base and options is left as it is.
+    """
+    out, knowledge, opts = Path(out_dir), load_knowledge(knowledge), make_options(options)
+    settings = _settings(world_dir, knowledge, opts)
+    if finished(out, world_dir, knowledge, **options):
+        return out
+    start = time.perf_counter()
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    clip = build_clip(knowledge, opts, device)
+    truth = load_truth(world_dir)
+    targets = prompt_targets(world_dir, truth, knowledge, opts.area_weight)
+    pixels = load_pixels(world_dir, list(truth["path"]), clip, progress=progress)
+    masks = load_defect_masks(world_dir, truth, knowledge, opts.image_size // 2)
+    healthy = torch.tensor(knowledge.healthy_mask(), dtype=torch.float32, device=device)
+    tokens = text_tokens(clip, knowledge.sentences())
+
+    model = clip.model.train().requires_grad_(True)  # CLIPW keeps its model frozen; pretraining unfreezes it
+    for part in (model.text_model, model.text_projection):
+        part.requires_grad_(False)  # the text tower only moves in separate_prompts
+    steps_per_epoch = -(-len(truth) // opts.batch_size)
+    optimizer, scheduler = make_optimizer(model, opts, opts.epochs * steps_per_epoch)
+    partial = _partial(out)
+    done = _resume(partial, model, optimizer, scheduler, opts)
+    if done == 0 and opts.text_warmup:
+        separate_prompts(model, tokens, opts.text_warmup)
+    attention = model.vision_model.config._attn_implementation
+    if opts.attention_weight:
+        model.vision_model.set_attn_implementation("eager")  # SDPA returns no attention probabilities
+    bar = tqdm(total=opts.epochs * steps_per_epoch, initial=done * steps_per_epoch, desc="pretrain CLIP",
+               disable=not progress, unit="step")
+    for epoch in range(done, opts.epochs):
+        generator = torch.Generator().manual_seed(opts.seed * 1000 + epoch)  # same batches after a resume
+        model.train()
+        for index in torch.randperm(len(truth), generator=generator).split(opts.batch_size):
+            images, covers = pixels[index], masks[index].float() / 255
+            if opts.augment:
+                images, covers = augment(images, covers, generator)
+            loss = train_loss(model, images.to(device), covers.to(device), targets[index].to(device), tokens,
+                              healthy, opts)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
+            optimizer.step()
+            scheduler.step()
+            bar.update()
+            bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.3f}", scale=f"{model.logit_scale.exp().item():.0f}")
+        _save_progress(partial, model, optimizer, scheduler, epoch + 1, opts)
+    bar.close()
+    model.vision_model.set_attn_implementation(attention)
+
+    clip.model.eval().requires_grad_(False)
+    train_accuracy = accuracy(predict(model, pixels, tokens), targets)
+    settings.update(train_accuracy=round(train_accuracy, 4), images=len(truth),
+                    seconds=round(time.perf_counter() - start, 1))
+    _save_atomically(clip, out, settings)
+    shutil.rmtree(partial, ignore_errors=True)
+    if progress:
+        print(f"CLIP saved to {out}: train top-1 {train_accuracy:.1%}, {settings['seconds']:.0f}s")
+    return out
+
+
+def _save_atomically(clip, out, settings):
+    staging = out.with_name(f".{out.name}.staging{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    clip.save_pretrained(staging)
+    (staging / SETTINGS_FILE).write_text(json.dumps(settings, indent=1))
+    old = out.with_name(f".{out.name}.old{os.getpid()}")
+    if out.exists():
+        os.replace(out, old)
+    os.replace(staging, out)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--world", required=True, help="a synthetic world (train/make_world.py)")
+    parser.add_argument("--out", required=True, help="output CLIP directory")
+    parser.add_argument("--knowledge", default="fruit", help="knowledge base name or file (default: %(default)s)")
+    for field in dataclasses.fields(PretrainOptions):
+        flag = "--" + field.name.replace("_", "-")
+        if isinstance(field.default, bool):
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=field.default)
+        elif isinstance(field.default, tuple):
+            parser.add_argument(flag, type=lambda text: tuple(int(v) for v in text.split(",")),
+                                default=field.default, help="comma-separated (default: %(default)s)")
+        else:
+            parser.add_argument(flag, type=type(field.default), default=field.default,
+                                help="(default: %(default)s)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    args = vars(parser.parse_args(argv))
+    world, out, knowledge, quiet = (args.pop(k) for k in ("world", "out", "knowledge", "quiet"))
+    pretrain_clip(world, out, knowledge, progress=not quiet, **args)
+
+
+if __name__ == "__main__":
+    main()
