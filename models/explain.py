@@ -130,7 +130,10 @@ def _hooks(modules, hook):
 class Explainer:
     """Explanations over a CLIP's vision transformer. `clip` is a CLIPW or a transformers CLIPModel;
     `block` picks the encoder layer whose output Grad-CAM reads (default second-to-last: the last
-    block's patch outputs never reach the pooled CLS token, so their gradient is zero)."""
+    block's patch outputs never reach the pooled CLS token, so their gradient is zero). It reads that
+    output as the next block's first LayerNorm hands it to attention (pytorch-grad-cam's `norm1` target
+    for ViTs): on the raw residual stream a token's own contribution is mostly cancelled by that
+    LayerNorm, which ignores the token's scale (measured on the demo CLIP: pointing game 0.27 raw)."""
 
     def __init__(self, clip, block=-2):
         self.clip = clip
@@ -222,6 +225,10 @@ class Explainer:
             index += 1
         return torch.cat(maps).detach()
 
+    def _gradcam_module(self):
+        following = self.block % len(self.layers) + 1
+        return self.layers[following].layer_norm1 if following < len(self.layers) else self.layers[self.block]
+
     def _record(self, pixel_values, method):
         """Forward pass recording the block's activations (Grad-CAM) or every block's attention probabilities;
         returns (embedding, recorded tensors, recipe(recorded, their gradients [k, ...]) -> maps)."""
@@ -233,7 +240,7 @@ class Explainer:
                 recorded.append(hidden)
                 return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
 
-            with _hooks([self.layers[self.block]], keep_block_output):
+            with _hooks([self._gradcam_module()], keep_block_output):
                 features = self.image_features(pixel_values)
             return features, recorded, lambda acts, grads: gradcam_maps(acts[0][0], grads[0][:, 0])
         if method != "relevancy":
