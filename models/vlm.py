@@ -1,8 +1,6 @@
 """ClipCaptioner: frozen CLIP -> mapper -> prefix vectors -> causal LM writes the caption (ClipCap)."""
 import dataclasses
 import json
-import os
-import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +12,7 @@ from torch import nn
 from models.clip import CLIPW, DEFAULT_CLIP
 from models.lm import load_lm, set_precision, set_trainable
 from models.mapper import build_mapper
+from utils.files import replace_directory
 
 DEFAULT_LM = "facebook/opt-125m"
 FORMAT_VERSION = 1
@@ -167,7 +166,7 @@ class ClipCaptioner(nn.Module):
         if self.config.lm_mode != "frozen":
             self.lm.save_pretrained(staging / "lm")
             self.tokenizer.save_pretrained(staging / "lm")
-        _replace_directory(staging, directory)
+        replace_directory(staging, directory)
 
     @classmethod
     def from_pretrained(cls, directory, device=None, lm_precision="fp32", lm=None):
@@ -202,16 +201,6 @@ def _portable_path(clip, bundle):
     if path.is_absolute() and path.resolve().is_relative_to(bundle.resolve()):
         return str(path.resolve().relative_to(bundle.resolve()))
     return clip
-
-
-def _replace_directory(staging, directory):
-    old = None
-    if directory.exists():
-        old = directory.with_name(f".{directory.name}.old{os.getpid()}")
-        os.replace(directory, old)
-    os.replace(staging, directory)
-    if old is not None:
-        shutil.rmtree(old)
 
 
 def _load_mapper(mapper, path, config):

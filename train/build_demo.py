@@ -22,6 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a plain script from anywhere
 
 from train.pretrain_clip import SETTINGS_FILE, effective_options, pretrain_clip  # noqa: E402
+from utils.files import atomic_write, replace_directory  # noqa: E402
 from utils.synthetic import write_world  # noqa: E402
 
 DEFAULT_OUT = Path(__file__).resolve().parents[1] / "checkpoints" / "demo"
@@ -80,9 +81,7 @@ def stage(directory, key, run, name):
 
 
 def _write_json(path, data):
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(data, indent=1)))
 
 
 def _read_json(path):
@@ -159,11 +158,7 @@ def _install(bundle, out, info):
     shutil.rmtree(staging, ignore_errors=True)
     shutil.copytree(bundle, staging)
     _write_json(staging / INFO_FILE, info)
-    old = out.with_name(f".{out.name}.old{os.getpid()}")
-    if out.exists():
-        os.replace(out, old)
-    os.replace(staging, out)
-    shutil.rmtree(old, ignore_errors=True)
+    replace_directory(staging, out)
 
 
 def main(argv=None):

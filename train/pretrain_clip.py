@@ -35,6 +35,7 @@ from tqdm.auto import tqdm  # noqa: E402
 from transformers import CLIPConfig  # noqa: E402
 
 from models.clip import CLIPW, OPENAI_MEAN, OPENAI_STD, make_word_tokenizer  # noqa: E402
+from utils.files import replace_directory  # noqa: E402
 from utils.images import center_crop_box  # noqa: E402
 from utils.knowledge import load_knowledge  # noqa: E402
 from utils.synthetic import load_masks, load_truth  # noqa: E402
@@ -446,11 +447,7 @@ def _save_atomically(clip, out, settings):
     shutil.rmtree(staging, ignore_errors=True)
     clip.save_pretrained(staging)
     (staging / SETTINGS_FILE).write_text(json.dumps(settings, indent=1))
-    old = out.with_name(f".{out.name}.old{os.getpid()}")
-    if out.exists():
-        os.replace(out, old)
-    os.replace(staging, out)
-    shutil.rmtree(old, ignore_errors=True)
+    replace_directory(staging, out)
 
 
 def main(argv=None):

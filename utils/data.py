@@ -12,7 +12,6 @@ manifest.json is written last and removed first, so a directory with one is alwa
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +21,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch.utils.data import Dataset
 
+from utils.files import atomic_write  # noqa: F401 (re-exported for the scripts)
 from utils.images import DEFAULT_MAX_PIXELS, ImageLoadError, load_image
 
 EMBEDDINGS = "embeddings.safetensors"
@@ -60,19 +60,6 @@ class LabeledDataset:
     @property
     def top_k(self) -> int:
         return sum(1 for column in self.table.columns if column.startswith("prompt_"))
-
-
-def atomic_write(path, write) -> Path:
-    """Call write(temp_path), then rename over `path`: a killed run never leaves a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
 
 
 def save_dataset(directory, embeddings, table: pd.DataFrame, manifest: dict, failed=()) -> Path:
