@@ -310,6 +310,7 @@ class Explanation:
     crop_box: tuple  # (left, top, right, bottom) of the original image that the grid covers
     image_size: tuple  # (width, height) of the original image
     method: str
+    embedding: torch.Tensor = None  # [1, D] normalized image embedding from the same pass (for captioning)
 
     @property
     def combined(self):
@@ -337,6 +338,7 @@ def explain_image(clip, image, prompts, k=5, method="gradcam", block=-2):
     def top_k_target(features):
         logits = explainer.logit_scale * features[0] @ text_features.T
         chosen["probs"], chosen["indices"] = logits.detach().softmax(-1).topk(k)
+        chosen["embedding"] = features.detach()
         scores = logits.log_softmax(-1) if method == "gradcam_contrastive" else logits
         return scores[chosen["indices"]]
 
@@ -345,5 +347,5 @@ def explain_image(clip, image, prompts, k=5, method="gradcam", block=-2):
     return Explanation(
         prompts=[prompts[i] for i in chosen["indices"].tolist()], probs=chosen["probs"].tolist(),
         maps=maps.cpu().numpy().astype(np.float32), crop_box=center_crop_box(*picture.size),
-        image_size=picture.size, method=method,
+        image_size=picture.size, method=method, embedding=chosen["embedding"],
     )

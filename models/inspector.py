@@ -2,7 +2,6 @@
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 from PIL import Image
 
 from models.clip import CLIPW
@@ -57,7 +56,7 @@ class Inspector:
         picture = load_image(image, max_pixels=self.max_pixels)
         found = explain_image(self.clip, picture, self.sentences, k=k, method=method)
         top_k = [(self.knowledge.prompts[self.sentences.index(s)], p) for s, p in zip(found.prompts, found.probs)]
-        caption, caption_map = self._caption(picture, top_k, with_caption_map, generation or {})
+        caption, caption_map = self._caption(picture, found.embedding, top_k, with_caption_map, generation or {})
         display = fit_for_display(picture)
         labels = [prompt.text for prompt, _ in top_k]
         overlays = [
@@ -70,14 +69,11 @@ class Inspector:
             display, caption_map, f"caption: {caption}", alpha=alpha, threshold=threshold)
         return Inspection(caption, top_k, found.maps, caption_map, combined, overlays, caption_overlay)
 
-    def _caption(self, picture, top_k, with_caption_map, generation):
+    def _caption(self, picture, embedding, top_k, with_caption_map, generation):
         if self.captioner is None:
             return summarize(top_k, self.knowledge), None
-        pixel_values = self.clip.preprocess(picture)
-        with torch.no_grad():
-            embeddings = self.clip.image_features(pixel_values)
-        caption = self.captioner.generate(embeddings=embeddings, **generation)[0]
+        caption = self.captioner.generate(embeddings=embedding, **generation)[0]  # the explain pass's embedding
         if not (with_caption_map and caption) or self.captioner.lm_precision == "int8":
             return caption, None
-        heatmap = Explainer(self.clip).caption_map(self.captioner, pixel_values, caption)[0]
+        heatmap = Explainer(self.clip).caption_map(self.captioner, self.clip.preprocess(picture), caption)[0]
         return caption, heatmap.cpu().numpy()

@@ -50,3 +50,12 @@ def test_bad_image_raises_the_clear_error(fruit_clip):
         Inspector(fruit_clip, "fruit").inspect(b"not an image")
     with pytest.raises(ImageLoadError, match="over the limit"):
         Inspector(fruit_clip, "fruit", max_pixels=100).inspect(photo())
+
+
+@pytest.mark.parametrize("method", ["gradcam", "relevancy"])
+def test_caption_reuses_the_explain_pass_embedding_faithfully(method):
+    captioner = make_tiny_captioner("opt")
+    generation = dict(min_new_tokens=3, max_new_tokens=6)
+    inspection = Inspector(captioner.clip, "fruit", captioner).inspect(photo(seed=5), k=2, method=method,
+                                                                        with_caption_map=False, generation=generation)
+    assert inspection.caption == captioner.generate([photo(seed=5)], **generation)[0]
