@@ -37,16 +37,21 @@ def normalize_maps(maps):
     return scaled.reshape(maps.shape)
 
 
-def gradcam_maps(activations, gradients):
-    """Grad-CAM on tokens: activations [T, C], gradients [k, T, C] -> [k, g, g].
+def gradcam_scores(activations, gradients):
+    """Signed Grad-CAM score of every token (before the ReLU): activations [..., T, C], gradients
+    [..., T, C] (leading dims broadcast, e.g. [T, C] with [k, T, C]) -> [..., T].
 
     Channel weights are the gradient averaged over PATCH tokens per channel. Averaging over channels per
     token instead gives ~0: patch tokens reach the score only through a LayerNorm, whose input-gradient
     sums to zero over channels.
     """
-    weights = gradients[:, 1:, :].mean(dim=1)
-    cam = torch.relu(weights @ activations.T)
-    return normalize_maps(tokens_to_grid(cam))
+    weights = gradients[..., 1:, :].mean(dim=-2)
+    return torch.einsum("...c,...tc->...t", weights, activations)
+
+
+def gradcam_maps(activations, gradients):
+    """Grad-CAM on tokens: activations [T, C], gradients [k, T, C] -> [k, g, g] in [0, 1]."""
+    return normalize_maps(tokens_to_grid(torch.relu(gradcam_scores(activations, gradients))))
 
 
 def relevancy_maps(attentions, gradients):

@@ -2,6 +2,8 @@
 import dataclasses
 import json
 import tempfile
+import threading
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +18,17 @@ from utils.files import replace_directory
 
 DEFAULT_LM = "facebook/opt-125m"
 FORMAT_VERSION = 1
+_GLOBAL_RNG_LOCK = threading.Lock()
+
+
+@contextmanager
+def _seeded_global_rng(seed, device):
+    """transformers samples from torch's global RNG: one sampler at a time holds it, so concurrent requests
+    never draw from each other's seeded stream, and it gets back the state it found."""
+    with _GLOBAL_RNG_LOCK, torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        if seed is not None:
+            torch.manual_seed(seed)
+        yield
 
 
 @dataclass
@@ -135,9 +148,7 @@ class ClipCaptioner(nn.Module):
             options.update(temperature=temperature, top_k=top_k or None, top_p=top_p)
         else:
             options.update(temperature=None, top_k=None, top_p=None)  # silence sampling-only defaults
-        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
-            if seed is not None:
-                torch.manual_seed(seed)
+        with _seeded_global_rng(seed, self.device) if sampling else nullcontext():
             ids = self.lm.generate(
                 inputs_embeds=prompt, attention_mask=torch.ones(prompt.shape[:2], device=self.device), **options
             )

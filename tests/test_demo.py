@@ -11,7 +11,8 @@ import torch
 from models.clip import CLIPW
 from models.lm import CACHE_DIR
 from train.build_demo import build_demo, is_complete
-from train.pretrain_clip import patch_targets, pretrain_clip, prompt_targets
+from train.pretrain_clip import (PretrainOptions, build_clip, load_defect_masks, patch_targets, pretrain_clip,
+                                 prompt_targets, text_tokens, train_loss)
 from utils.knowledge import load_knowledge
 from utils.synthetic import load_truth, write_world
 
@@ -48,6 +49,47 @@ def test_patch_targets_put_a_patchs_defect_cover_on_its_prompt():
     assert torch.allclose(targets.sum(-1), torch.ones(1, 4))
     assert torch.allclose(targets[0, 0], torch.tensor([0.0, 0.0, 1.0, 0.0]))
     assert torch.allclose(targets[0, 3], torch.tensor([0.5, 0.5, 0.0, 0.0]))
+
+
+def test_gradcam_loss_moves_the_explainers_gradcam_onto_the_defect(world):
+    """The explanation-supervision loss uses models/explain.py's formula: a few steps on four images with it
+    (and the contrastive loss, no other auxiliary loss) make the Explainer's own Grad-CAM of each image's
+    main defect point into that defect's mask."""
+    from models.explain import Explainer
+    from models.faithfulness import pointing_game
+    from utils.synthetic import load_masks
+
+    torch.manual_seed(0)
+    kb = load_knowledge("fruit")
+    opts = PretrainOptions(**TINY_CLIP, patch_weight=0, value_weight=0, attention_weight=0, gradcam_weight=1)
+    clip = build_clip(kb, opts)
+    truth = load_truth(world)
+    rows = [i for i, d in enumerate(truth["defects"]) if d][:4]
+    truth = truth.iloc[rows].reset_index(drop=True)
+    pixels = clip.pixel_values([Path(world) / p for p in truth["path"]])
+    covers = load_defect_masks(world, truth, kb, opts.image_size // 2).float() / 255
+    targets = prompt_targets(world, truth, kb)
+    healthy = torch.tensor(kb.healthy_mask(), dtype=torch.float32)
+    tokens = text_tokens(clip, kb.sentences())
+    model = clip.model.train().requires_grad_(True)
+    model.vision_model.set_attn_implementation("eager")
+    optimizer = torch.optim.Adam(model.vision_model.parameters(), lr=3e-3)
+
+    def loss():
+        return train_loss(model, pixels, covers, targets, tokens, healthy, opts)
+
+    first = loss().item()
+    for _ in range(60):
+        optimizer.zero_grad()
+        loss().backward()
+        optimizer.step()
+    assert loss().item() < first
+    clip.model.eval().requires_grad_(False)
+    explainer = Explainer(clip)
+    for i, row in truth.iterrows():
+        primary = kb.ids()[int((targets[i] * (1 - healthy)).argmax())]
+        saliency = explainer.gradcam(pixels[i:i + 1], kb.sentences(), indices=[kb.index(primary)])[0]
+        assert pointing_game(saliency, load_masks(world, row["id"])[primary]), row["id"]
 
 
 def test_pretrained_clip_loads_like_a_real_one_and_beats_chance(world, tmp_path):

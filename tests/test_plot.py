@@ -143,10 +143,10 @@ def effective_alpha(picture_rgb, base_rgb, color, y, x):
     return (out[channel] - base[channel]) / (color[channel] - base[channel])
 
 
-@pytest.mark.parametrize("alpha_by_prob,expected", [(False, (0.5, 0.5)), (True, (0.5, 0.5 * 0.2 / 0.6))])
+@pytest.mark.parametrize("alpha_by_prob,expected", [(False, (0.5, 0.5)), (True, (0.5, 0.5 * 0.4 / 0.6))])
 def test_alpha_by_prob_gives_the_less_probable_map_a_weaker_overlay(alpha_by_prob, expected):
     gray = np.full((210, 210, 3), 128, dtype=np.uint8)
-    maps, probs = [hot_map(1, 1), hot_map(5, 5)], [0.6, 0.2]
+    maps, probs = [hot_map(1, 1), hot_map(5, 5)], [0.6, 0.4]
     picture = combined_overlay(gray, maps, ["likely", "unlikely"], probs, threshold=0.5, alpha=0.5,
                                alpha_by_prob=alpha_by_prob, long_side=None)
     panel = np.asarray(picture)[:210]
@@ -166,6 +166,18 @@ def test_each_pixel_takes_the_colour_of_its_strongest_map():
     colors = [e.rgb for e in legend_entries(["a", "b"], [0.5, 0.5])]
     assert tuple(panel[70, 70]) == colors[1]  # b's peak: b wins where both are high
     assert tuple(panel[130, 130]) == colors[0]  # only a is above threshold there
+
+
+def test_an_improbable_description_colours_nothing_next_to_a_probable_one():
+    gray = np.full((140, 140, 3), 128, dtype=np.uint8)
+    everywhere = np.random.default_rng(0).random((GRID, GRID)).astype(np.float32)
+    probs = [0.99, 0.002]
+    picture = combined_overlay(gray, [hot_map(3, 3), everywhere], ["likely", "unlikely"], probs,
+                               threshold=0.3, alpha=1.0, long_side=None)
+    panel = np.asarray(picture)[:140]
+    colors = [e.rgb for e in legend_entries(["likely", "unlikely"], probs)]
+    pixels = {tuple(p) for p in panel.reshape(-1, 3)}
+    assert colors[0] in pixels and colors[1] not in pixels
 
 
 @pytest.mark.parametrize("width,height", [(640, 480), (300, 200), (200, 300), (100, 100)])

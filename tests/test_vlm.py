@@ -74,6 +74,26 @@ def test_sampling_is_reproducible_with_a_seed():
     assert first == again
 
 
+def test_seeded_sampling_is_reproducible_under_concurrent_requests():
+    """The app serves requests in threads; seeded samplers and greedy calls must not disturb each other."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    captioner = make_tiny_captioner("opt")
+    embeddings = torch.randn(2, 32)
+
+    def sample(seed):
+        return captioner.generate(embeddings=embeddings, temperature=1.5, top_k=20, seed=seed, max_new_tokens=12)
+
+    def greedy(_):
+        return captioner.generate(embeddings=embeddings, max_new_tokens=12)
+
+    expected = [sample(seed) for seed in range(4)]
+    with ThreadPoolExecutor(8) as pool:
+        sampled = [pool.submit(sample, seed % 4) for seed in range(16)]
+        list(pool.map(greedy, range(16)))
+    assert [future.result() for future in sampled] == expected * 4
+
+
 def save_models(captioner, tmp_path):
     """Bundles reference CLIP and LM by path: give the tiny ones a home on disk."""
     captioner.clip.save_pretrained(tmp_path / "clip")

@@ -39,8 +39,10 @@ class Recipe:
     knowledge: str = "fruit"
     top_k: int = 3
     lm: str = "smollm2"
+    # one epoch is what the time budget allows; small batches make more steps of it (held-out caption
+    # accuracy 0.85 at batch 32, 0.90 at batch 8, in about the same time)
     mapper: dict = field(default_factory=lambda: dict(
-        prefix_length=6, epochs=1, batch_size=32, lr=1e-3, val_fraction=0.05, val_max=0, metrics=()))
+        prefix_length=6, epochs=1, batch_size=8, lr=1e-3, val_fraction=0.05, val_max=0, metrics=()))
 
 
 FULL = Recipe()

@@ -117,12 +117,15 @@ def overlay_panel(image, heatmap, alpha=0.5, threshold=0.0, cmap="jet", long_sid
 
 def combined_panel(image, heatmaps, probs, threshold=0.5, alpha=0.5, alpha_by_prob=False,
                    palette="tab10", long_side=DISPLAY_LONG_SIDE):
-    """uint8 (H, W, 3): each pixel in the colour of its strongest map, where that map is above threshold."""
+    """uint8 (H, W, 3): each pixel in the colour of its strongest map, where that map is above threshold.
+    Maps count in proportion to their probability (relative to the top one): a 0.1% description never
+    paints over the 99% one, and two close ones share the picture."""
     base = dim_outside_crop(_display_rgb(image, long_side))
     if len(heatmaps) == 0:
         return base
     box = center_crop_box(base.shape[1], base.shape[0])
     norms = np.stack([normalize_map(_resize_map(m, box[2] - box[0])) for m in heatmaps])
+    norms *= _relative(probs)[:, None, None]
     winner = norms.argmax(axis=0)
     strongest = np.take_along_axis(norms, winner[None], axis=0)[0]
     alphas = _map_alphas(probs, len(heatmaps), alpha, alpha_by_prob)
@@ -187,12 +190,17 @@ def _above(norm, threshold):
     return (norm > threshold).astype(np.float32)
 
 
+def _relative(probs):
+    """Each probability over the largest one (all ones when none is positive)."""
+    probs = np.asarray(probs, dtype=np.float32)
+    top = probs.max() if len(probs) else 0
+    return probs / top if top > 0 else np.ones_like(probs)
+
+
 def _map_alphas(probs, count, alpha, alpha_by_prob):
     if not alpha_by_prob:
         return np.full(count, alpha, dtype=np.float32)
-    probs = np.asarray(probs, dtype=np.float32)
-    top = probs.max()
-    return (alpha * probs / top if top > 0 else np.full(count, alpha)).astype(np.float32)
+    return (alpha * _relative(probs)).astype(np.float32)
 
 
 def _blend(base, box, colors, weights):
