@@ -1,6 +1,6 @@
 """Measure the offline demo on a held-out synthetic world (another seed than the one it was trained on).
 
-    python bench/eval_demo.py [--bundle checkpoints/demo] [--n 400] [--seed 1] [--explain 40]
+    python bench/eval_demo.py [--bundle checkpoints/demo] [--n 600] [--seed 1] [--explain 60]
     python bench/eval_demo.py --clip checkpoints/demo/clip     # CLIP numbers only, no captioner
 
 Prints one table: CLIP top-1 defect type and healthy-vs-defect AUROC, auto-label accuracy, caption accuracy,
@@ -200,9 +200,9 @@ def main(argv=None):
     parser.add_argument("--clip", help="evaluate this CLIP directory only (no labeler, captions, caption map)")
     parser.add_argument("--world", default="checkpoints/demo-eval-world",
                         help="held-out world, generated when missing (default: %(default)s)")
-    parser.add_argument("--n", type=int, default=400, help="held-out images (default: %(default)s)")
+    parser.add_argument("--n", type=int, default=600, help="held-out images (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=1, help="held-out world seed; the demo trains on 0")
-    parser.add_argument("--explain", type=int, default=40, help="defect images to explain (default: %(default)s)")
+    parser.add_argument("--explain", type=int, default=60, help="defect images to explain (default: %(default)s)")
     parser.add_argument("--steps", type=int, default=16, help="points on each deletion/insertion curve")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = parser.parse_args(argv)
