@@ -126,7 +126,8 @@ def _settings(n_prompts, has_lm, caption_maps):
                          info="contrastive: why this description rather than the others; "
                               "relevancy follows attention through every block (about 3x slower)"),
                 gr.Slider(0, 1, value=0.5, step=0.05, label="Threshold",
-                          info="colour only where a map is above this share of its peak"),
+                          info="colour only where a map is above this share of its peak "
+                               "(combined view: of the top description's peak)"),
                 gr.Slider(0, 1, value=0.5, step=0.05, label="Opacity (alpha)"),
                 gr.Checkbox(False, label="Scale opacity by probability"),
             ]
