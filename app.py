@@ -1,10 +1,12 @@
 """The operator app: a photo in; caption, best-matching defect descriptions and where they show, out.
 
-    python app.py                          # the offline demo bundle (checkpoints/demo, built on first run)
+    python app.py                          # the offline demo bundle (checkpoints/demo)
     python app.py --checkpoint DIR         # a trained bundle
     python app.py --clip ID_OR_DIR         # zero-shot: the caption is the knowledge base's summary
 
-The Inspector does the work; this file declares the UI, wires the events and parses the flags.
+The Inspector does the work; this file declares the UI, wires the events and parses the flags. Settings
+reach the handlers by name (the names of models.config.InspectOptions and GenerationOptions, which are
+also the API's parameter names), and their defaults come from those dataclasses.
 """
 import argparse
 import atexit
@@ -12,17 +14,15 @@ import base64
 import logging
 import os
 import shutil
+import signal
+import sys
 import tempfile
 import time
 from pathlib import Path
 from types import SimpleNamespace
 
-os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-
-import gradio as gr  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from models.inspector import Inspector  # noqa: E402
+from models.config import GenerationOptions, InspectOptions, LoadOptions
+from utils.options import add_arguments, from_namespace
 
 ROOT = Path(__file__).resolve().parent
 DEMO_BUNDLE = ROOT / "checkpoints" / "demo"
@@ -31,8 +31,6 @@ PIXELS_PER_MB = 4_000_000  # 16 MB -> 64 MP, the image loader's own default limi
 DEFAULT_MAX_IMAGE_MB = 16
 BATCH_COLUMNS = ["file", "caption", "top defect", "probability", "error"]
 REQUEST_DIR_MAX_AGE = 3600  # seconds; Gradio has copied a result file into its cache long before
-METHODS = [("Grad-CAM", "gradcam"), ("Grad-CAM, contrastive", "gradcam_contrastive"),
-           ("Attention relevancy", "relevancy")]
 CSS = """
 #caption textarea {font-size: 1.45rem; font-weight: 600; line-height: 1.35;}
 #model-info {font-size: 0.85rem; opacity: 0.75;}
@@ -40,103 +38,132 @@ CSS = """
 .wide-gallery .grid-wrap {height: auto !important; max-height: none !important;}
 .wide-gallery .grid-container {padding-top: 2.4rem;}
 """  # galleries: tiles as wide as the overlays (photo | heat map), and every row shown without a scrollbar
-THEME = gr.themes.Soft(primary_hue="emerald", secondary_hue="amber")
 log = logging.getLogger("clipcap-xai")
 
 
 def build_app(inspector, *, examples=None, concurrency=1, max_image_mb=DEFAULT_MAX_IMAGE_MB, max_queue=64):
     """The Blocks UI over one loaded Inspector, whose models every request shares read-only."""
-    has_lm = inspector.captioner is not None
-    caption_maps = has_lm and getattr(inspector.captioner, "lm_precision", "fp32") != "int8"
+    import gradio as gr
+
     examples = sorted(str(p) for p in EXAMPLES.glob("*.jpg")) if examples is None else list(examples)
     requests = Path(tempfile.mkdtemp(prefix="clipcap-app-"))  # per app; every batch writes in its own dir inside
     atexit.register(shutil.rmtree, requests, True)
-
+    has_lm = inspector.captioner is not None
     with gr.Blocks(title="clipcap-xai", delete_cache=(3600, 3600)) as app:
-        gr.Markdown("# clipcap-xai: fruit inspection\nUpload a photo of a product: get a caption of its condition, "
-                    "the best-matching defect descriptions, and heat maps of where each one shows.")
-        gr.Markdown(_model_line(inspector, caption_maps), elem_id="model-info")
-        settings = _settings(len(inspector.knowledge.prompts), has_lm, caption_maps)
+        gr.Markdown(f"# clipcap-xai: {inspector.knowledge.domain} inspection\nUpload a photo of a product: get a "
+                    "caption of its condition, the best-matching defect descriptions, and heat maps of where each "
+                    "one shows.")
+        gr.Markdown(_model_line(inspector), elem_id="model-info")
+        with gr.Sidebar(label="Settings", open=False, position="right"):
+            settings = _settings(inspector)
         with gr.Tabs():
             with gr.Tab("Inspect"):
                 one = _inspect_tab(has_lm, examples, max_image_mb)
             with gr.Tab("Batch"):
                 many = _batch_tab()
 
-        def explain(image, k, method, threshold, alpha, alpha_by_prob, with_caption_map, temperature, top_k, top_p,
-                    min_new_tokens, max_new_tokens, num_beams, prefix_text, seed):
+        def explain(image, **values):
             if image is None:
                 raise gr.Error("Add a photo first: upload one, paste it, or take one with the webcam.",
                                print_exception=False)
-            generation = _generation(has_lm, temperature, top_k, top_p, min_new_tokens, max_new_tokens, num_beams,
-                                     prefix_text, seed)
-            options = dict(k=int(k), method=method, threshold=threshold, alpha=alpha, alpha_by_prob=bool(alpha_by_prob),
-                           with_caption_map=bool(with_caption_map) and caption_maps, generation=generation)
-            return _explain(inspector, image, options)
+            return _explain(inspector, image, *_options(values, inspector))
 
-        def batch(files, k, method, threshold, alpha, alpha_by_prob, temperature, top_k, top_p, min_new_tokens,
-                  max_new_tokens, num_beams, prefix_text, seed, progress=gr.Progress()):
+        def batch(files, progress=gr.Progress(), **values):
             if not files:
                 raise gr.Error("Add some photos first.", print_exception=False)
-            generation = _generation(has_lm, temperature, top_k, top_p, min_new_tokens, max_new_tokens, num_beams,
-                                     prefix_text, seed)
-            options = dict(k=int(k), method=method, threshold=threshold, alpha=alpha, alpha_by_prob=bool(alpha_by_prob),
-                           with_caption_map=False, generation=generation)
-            rows = [_batch_row(inspector, item, options) for item in progress.tqdm(files, desc="Inspecting")]
-            frame = pd.DataFrame([row for row, _ in rows], columns=BATCH_COLUMNS)
+            options, generation = _options(values, inspector)
+            rows = [_batch_row(inspector, item, options, generation)
+                    for item in progress.tqdm(files, desc="Inspecting")]
+            frame = _frame(row for row, _ in rows)
             gallery = [(picture, row[0]) for row, picture in rows if picture is not None]
             return frame, _write_csv(frame, requests), gallery
 
         # preprocess=False: uploads arrive as paths (already checked into Gradio's cache) for the Inspector's own
         # loader, whose size limits and clear messages beat Gradio's generic decode errors
         shared = dict(preprocess=False, concurrency_id="model")  # one limit over both: they share the models
-        one.run.click(explain, [one.image, *settings.explanation, settings.caption_map, *settings.generation],
-                      [one.caption, one.top, one.combined, one.overlays, one.caption_overlay],
-                      api_name="explain", **shared)
-        many.run.click(batch, [many.files, *settings.explanation, *settings.generation],
-                       [many.table, many.csv, many.gallery], api_name="batch", **shared)
+        one.run.click(explain, [one.image], inputs_kwargs=settings, api_name="explain", **shared,
+                      outputs=[one.caption, one.top, one.combined, one.overlays, one.caption_overlay])
+        batch_settings = {name: box for name, box in settings.items() if name != "caption_map"}
+        many.run.click(batch, [many.files], inputs_kwargs=batch_settings, api_name="batch", **shared,
+                       outputs=[many.table, many.csv, many.gallery])
     return app.queue(default_concurrency_limit=concurrency, max_size=max_queue)
 
 
 def launch(app, *, max_image_mb=DEFAULT_MAX_IMAGE_MB, **options):
     """Blocks.launch with the app's look and upload limit; options go to Gradio (server_name, auth, ...)."""
-    return app.launch(theme=THEME, css=CSS, max_file_size=int(max_image_mb * 2**20), **options)
+    import gradio as gr
+
+    theme = gr.themes.Soft(primary_hue="emerald", secondary_hue="amber")
+    return app.launch(theme=theme, css=CSS, max_file_size=int(max_image_mb * 2**20), **options)
 
 
-def _settings(n_prompts, has_lm, caption_maps):
-    """The two settings accordions, above the tabs because both tabs use them."""
-    with gr.Row():
-        with gr.Accordion("Generation", open=False, visible=has_lm):
-            generation = [
-                gr.Slider(0, 2, value=0, step=0.05, label="Temperature",
-                          info="0 = greedy (or beam search); above 0 samples"),
-                gr.Slider(0, 100, value=0, step=1, label="Top-k", info="sampling only; 0 = off"),
-                gr.Slider(0.05, 1, value=1, step=0.05, label="Top-p", info="sampling only"),
-                gr.Slider(0, 40, value=0, step=1, label="Min new tokens"),
-                gr.Slider(1, 80, value=30, step=1, label="Max new tokens"),
-                gr.Slider(1, 8, value=1, step=1, label="Beams"),
-                gr.Textbox("", label="Prefix text", placeholder="the bundle's own (leave empty)",
-                           info="text the LM reads after the image prefix"),
-                gr.Number(0, precision=0, label="Seed", info="sampling only; -1 = a new one every run"),
-            ]
-        with gr.Accordion("Explanation", open=False):
-            explanation = [
-                gr.Slider(1, n_prompts, value=min(5, n_prompts), step=1, label="Descriptions to explain (k)"),
-                gr.Radio(METHODS, value="gradcam", label="Method",
-                         info="contrastive: why this description rather than the others; "
-                              "relevancy follows attention through every block (about 3x slower)"),
-                gr.Slider(0, 1, value=0.5, step=0.05, label="Threshold",
-                          info="colour only where a map is above this share of its peak "
-                               "(combined view: of the top description's peak)"),
-                gr.Slider(0, 1, value=0.5, step=0.05, label="Opacity (alpha)"),
-                gr.Checkbox(False, label="Scale opacity by probability"),
-            ]
-            caption_map = gr.Checkbox(caption_maps, label="Explain the caption (caption map)", visible=has_lm,
-                                      interactive=caption_maps)
-    return SimpleNamespace(generation=generation, explanation=explanation, caption_map=caption_map)
+def _settings(inspector):
+    """Every setting by its option name (InspectOptions, GenerationOptions), defaults from those dataclasses."""
+    import gradio as gr
+
+    from models.explain import METHODS
+
+    inspect, generate = InspectOptions(), GenerationOptions()
+    n_prompts, has_lm = len(inspector.knowledge.prompts), inspector.captioner is not None
+    settings = {
+        "k": gr.Slider(1, n_prompts, value=min(inspect.k, n_prompts), step=1, label="Descriptions to explain (k)"),
+        "method": gr.Radio([(m.label, m.name) for m in METHODS.values()], value=inspect.method, label="Method",
+                           info="; ".join(f"{m.label}: {m.help}" for m in METHODS.values())),
+        "threshold": gr.Slider(0, 1, value=inspect.threshold, step=0.05, label="Threshold",
+                               info="colour only where a map is above this share of its peak"),
+        "alpha": gr.Slider(0, 1, value=inspect.alpha, step=0.05, label="Opacity (alpha)"),
+        "alpha_by_prob": gr.Checkbox(inspect.alpha_by_prob, label="Scale opacity by probability"),
+        "caption_map": gr.Checkbox(inspector.caption_maps, label="Explain the caption (caption map)",
+                                   visible=has_lm, interactive=inspector.caption_maps),
+    }
+    with gr.Accordion("Caption generation", open=False, visible=has_lm):
+        settings.update(
+            temperature=gr.Slider(0, 2, value=generate.temperature, step=0.05, label="Temperature",
+                                  info="0 = greedy (or beam search); above 0 samples"),
+            top_k=gr.Slider(0, 100, value=generate.top_k, step=1, label="Top-k", info="sampling only; 0 = off"),
+            top_p=gr.Slider(0.05, 1, value=generate.top_p, step=0.05, label="Top-p", info="sampling only"),
+            min_new_tokens=gr.Slider(0, 40, value=generate.min_new_tokens, step=1, label="Min new tokens"),
+            max_new_tokens=gr.Slider(1, 80, value=generate.max_new_tokens, step=1, label="Max new tokens"),
+            num_beams=gr.Slider(1, 8, value=generate.num_beams, step=1, label="Beams"),
+            prefix_text=gr.Textbox("", label="Prefix text", placeholder="the bundle's own (leave empty)",
+                                   info="text the LM reads after the image prefix"),
+            seed=gr.Number(0, precision=0, label="Seed", info="sampling only; -1 = a new one every run"),
+        )
+    return settings
+
+
+def _options(values, inspector):
+    """The handler's settings by name -> (InspectOptions, GenerationOptions or None in zero-shot mode)."""
+    options = _fill(InspectOptions, values)
+    options.caption_map = bool(values.get("caption_map")) and inspector.caption_maps
+    if inspector.captioner is None:
+        return options, None
+    generation = _fill(GenerationOptions, values)
+    generation.max_new_tokens = max(1, generation.max_new_tokens)
+    generation.min_new_tokens = min(generation.min_new_tokens, generation.max_new_tokens)
+    generation.num_beams = max(1, generation.num_beams)
+    generation.prefix_text = generation.prefix_text or None
+    generation.seed = None if generation.seed is None or generation.seed < 0 else generation.seed
+    return options, generation
+
+
+def _fill(cls, values):
+    """cls with the values it names, each cast to its default's type (sliders send floats)."""
+    import dataclasses
+
+    defaults = cls()
+    given = {}
+    for field in dataclasses.fields(cls):
+        value = values.get(field.name)
+        if value is not None:
+            kind = type(getattr(defaults, field.name))
+            given[field.name] = kind(value) if kind in (int, float, bool, str) else value
+    return dataclasses.replace(defaults, **given)
 
 
 def _inspect_tab(has_lm, examples, max_image_mb):
+    import gradio as gr
+
     with gr.Row(equal_height=False):
         with gr.Column(scale=2):
             image = gr.Image(type="filepath", image_mode=None, sources=["upload", "clipboard", "webcam"],
@@ -163,6 +190,8 @@ def _inspect_tab(has_lm, examples, max_image_mb):
 
 
 def _batch_tab():
+    import gradio as gr
+
     files = gr.File(file_count="multiple", label="Photos", elem_id="batch-files")
     run = gr.Button("Inspect all", variant="primary", elem_id="run-batch")
     table = gr.Dataframe(headers=BATCH_COLUMNS, datatype=["str", "str", "str", "number", "str"], interactive=False,
@@ -174,39 +203,28 @@ def _batch_tab():
     return SimpleNamespace(files=files, run=run, table=table, csv=csv, gallery=gallery)
 
 
-def _explain(inspector, image, options):
+def _explain(inspector, image, options, generation):
     """One photo -> (caption, {description: probability}, combined overlay, [(overlay, title)], caption overlay)."""
+    import gradio as gr
+
+    from utils.plot import title_for
+
     source, name = _upload(image)
     try:
-        found = inspector.inspect(source, **options)
+        found = inspector.inspect(source, options, generation)
     except ValueError as error:  # ImageLoadError among them: the file, not the server, is at fault
         raise gr.Error(_clean_message(error, source, name), title="Cannot inspect this file",
                        print_exception=False) from None
     top = {prompt.text: float(prob) for prompt, prob in found.top_k}
-    gallery = [(picture, _title(prompt.text, prob)) for picture, (prompt, prob) in zip(found.overlays, found.top_k)]
+    gallery = [(picture, title_for(prompt.text, prob)) for picture, (prompt, prob) in zip(found.overlays, found.top_k)]
     return found.caption, top, found.combined, gallery, found.caption_overlay
 
 
-def _model_line(inspector, caption_maps):
+def _model_line(inspector):
     line = inspector.info()
-    if inspector.captioner is not None and not caption_maps:
+    if inspector.captioner is not None and not inspector.caption_maps:
         line += " | int8 LM: no caption maps (use --lm-precision fp32 or bf16)"
     return line
-
-
-def _title(text, prob):
-    return f"{text} - {100 * prob:.1f}%"
-
-
-def _generation(has_lm, temperature, top_k, top_p, min_new_tokens, max_new_tokens, num_beams, prefix_text, seed):
-    """The Generation accordion as ClipCaptioner.generate kwargs (None in zero-shot mode: nothing to generate)."""
-    if not has_lm:
-        return None
-    max_new_tokens = max(1, int(max_new_tokens))
-    seed = None if seed is None or int(seed) < 0 else int(seed)
-    return dict(temperature=float(temperature), top_k=int(top_k), top_p=float(top_p),
-                min_new_tokens=min(int(min_new_tokens), max_new_tokens), max_new_tokens=max_new_tokens,
-                num_beams=max(1, int(num_beams)), prefix_text=prefix_text or None, seed=seed)
 
 
 def _upload(payload):
@@ -225,11 +243,11 @@ def _clean_message(error, source, name):
     return str(error).replace(str(source), name) if isinstance(source, str) else str(error)
 
 
-def _batch_row(inspector, item, options):
+def _batch_row(inspector, item, options, generation):
     """One table row (and the combined overlay) per file; a bad file becomes a row with its error."""
     source, name = _upload(item)
     try:
-        found = inspector.inspect(source, **options)
+        found = inspector.inspect(source, options, generation, caption_map=False)
     except ValueError as error:
         return [name, "", "", None, _clean_message(error, source, name)], None
     except Exception as error:  # one failing photo must not cost the rest of a long batch
@@ -238,6 +256,12 @@ def _batch_row(inspector, item, options):
     defect = next(((p, prob) for p, prob in found.top_k if not p.healthy), None)
     top, prob = (defect[0].text, round(float(defect[1]), 4)) if defect else ("none in the top k", None)
     return [name, found.caption, top, prob, ""], found.combined
+
+
+def _frame(rows):
+    import pandas as pd
+
+    return pd.DataFrame(list(rows), columns=BATCH_COLUMNS)
 
 
 def _write_csv(frame, root):
@@ -255,20 +279,11 @@ def _write_csv(frame, root):
 
 
 def demo_bundle():
-    """checkpoints/demo, built on first use by train/build_demo.py."""
+    """checkpoints/demo: shipped with the repository; `make demo` rebuilds it."""
     if (DEMO_BUNDLE / "config.json").is_file():
         return DEMO_BUNDLE
-    try:
-        from train.build_demo import build_demo
-    except ImportError as error:
-        raise SystemExit(
-            f"error: no demo bundle at {DEMO_BUNDLE}, and the demo builder train/build_demo.py cannot be "
-            f"imported ({error}).\nPass a trained bundle with --checkpoint DIR, or run zero-shot with --clip "
-            "ID_OR_DIR."
-        ) from None
-    print(f"No demo bundle yet: building it in {DEMO_BUNDLE} (first run only; a few minutes on a laptop CPU).")
-    built = build_demo()
-    return Path(built) if isinstance(built, (str, os.PathLike)) else DEMO_BUNDLE
+    raise SystemExit(f"error: no demo bundle at {DEMO_BUNDLE}. Rebuild it with `make demo` (about 10 minutes on "
+                     "2 cores), pass a trained bundle with --checkpoint DIR, or run zero-shot with --clip ID_OR_DIR.")
 
 
 def parse_auth(value):
@@ -280,22 +295,19 @@ def parse_auth(value):
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(
-        description="Explainable fruit-inspection captioner (Gradio app). With no flags it serves the offline "
-                    f"demo bundle ({DEMO_BUNDLE.relative_to(ROOT)}, built on first run).",
+        description="Explainable product-inspection captioner (Gradio app). With no flags it serves the offline "
+                    f"demo bundle ({DEMO_BUNDLE.relative_to(ROOT)}), which works with no network.",
     )  # defaults are written out by hand: an automatic "(default: ...)" would print the CLIPCAP_AUTH password
     parser.add_argument("--checkpoint", metavar="DIR", help="a trained captioner bundle (default: the demo bundle)")
     parser.add_argument("--clip", metavar="ID_OR_DIR",
-                        help="zero-shot mode: a CLIP (hub id or directory) and no captioner; the caption is the "
-                             "knowledge base's summary of CLIP's top matches. Not combinable with --checkpoint")
+                        help="zero-shot mode: a CLIP (hub id or directory; offline: checkpoints/demo/clip) and no "
+                             "captioner; the caption summarizes CLIP's top matches. Not combinable with --checkpoint")
     parser.add_argument("--lm", metavar="ID_OR_DIR",
                         help="swap the bundle's LM for another of the same width (frozen-LM bundles only), "
-                             "e.g. smollm2 or facebook/opt-125m")
+                             "e.g. smollm2 (offline) or facebook/opt-125m")
     parser.add_argument("--knowledge", metavar="NAME_OR_FILE",
                         help="knowledge base: 'fruit' or a .yaml/.json file (default: the bundle's, else fruit)")
-    parser.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
-    parser.add_argument("--lm-precision", choices=["fp32", "bf16", "int8"], default="fp32",
-                        help="LM weights for inference (default fp32); int8 is fastest on CPU but gives no "
-                             "caption maps")
+    add_arguments(parser, LoadOptions)
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to serve on (default 127.0.0.1, this machine only; 0.0.0.0 for the network)")
     parser.add_argument("--port", type=int, default=7860, help="port to serve on (default 7860)")
@@ -318,16 +330,26 @@ def parse_args(argv=None):
     return args
 
 
+def _stop_on_sigterm():
+    """`kill` / `docker stop` end the app like Ctrl-C: the exit handlers run and remove its temp folders."""
+    signal.signal(signal.SIGTERM, lambda number, frame: sys.exit(128 + number))
+
+
 def main(argv=None):
-    args = parse_args(argv)
+    args = parse_args(argv)  # before any heavy import: --help answers at once
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    from models.inspector import Inspector
+
     checkpoint = None if args.clip else (args.checkpoint or demo_bundle())
+    load = from_namespace(LoadOptions, args)
     try:
         inspector = Inspector.load(checkpoint=checkpoint, clip=args.clip, lm=args.lm, knowledge=args.knowledge,
-                                   device=args.device, lm_precision=args.lm_precision,
+                                   device=load.device, lm_precision=load.lm_precision,
                                    max_pixels=int(args.max_image_mb * PIXELS_PER_MB))
     except (OSError, ValueError) as error:
         raise SystemExit(f"error: cannot load the models: {error}") from None
     print(inspector.info())
+    _stop_on_sigterm()
     app = build_app(inspector, concurrency=args.concurrency, max_image_mb=args.max_image_mb)
     launch(app, max_image_mb=args.max_image_mb, server_name=args.host, server_port=args.port, share=args.share,
            auth=args.auth)

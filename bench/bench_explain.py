@@ -8,18 +8,15 @@ Asserts nothing.
 import argparse
 import os
 import statistics
-import sys
 import time
-from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch  # noqa: E402
-from transformers import CLIPConfig  # noqa: E402
+import torch
+from transformers import CLIPConfig
 
-from models.clip import CLIPW, make_word_tokenizer  # noqa: E402
-from models.explain import Explainer  # noqa: E402
+from models.clip import CLIPW, make_word_tokenizer
+from models.explain import Explainer
 
 
 def timings_ms(rows, runs, warmup=2):
@@ -55,15 +52,15 @@ def main():
     rows = [
         ("plain image encode (no grad)", lambda: clip.encode_images(pixels)),
         (f"Grad-CAM, {args.k} maps, 1 forward + batched backward",
-         lambda: explainer.gradcam(pixels, texts, indices=top)),
+         lambda: explainer.prompt_maps(pixels, texts, "gradcam", indices=top)),
         (f"Grad-CAM contrastive, {args.k} maps, batched",
-         lambda: explainer.gradcam(pixels, texts, target="contrastive", indices=top)),
+         lambda: explainer.prompt_maps(pixels, texts, "gradcam_contrastive", indices=top)),
         (f"Grad-CAM, {args.k} maps, {args.k} separate forward+backward",
-         lambda: explainer.gradcam(pixels, texts, indices=top, separate_passes=True)),
+         lambda: explainer.prompt_maps(pixels, texts, "gradcam", indices=top, separate_passes=True)),
         (f"relevancy, {args.k} maps, 1 forward + batched backward",
-         lambda: explainer.relevancy(pixels, texts, indices=top)),
+         lambda: explainer.prompt_maps(pixels, texts, "relevancy", indices=top)),
         (f"relevancy, {args.k} maps, {args.k} separate forward+backward",
-         lambda: explainer.relevancy(pixels, texts, indices=top, separate_passes=True)),
+         lambda: explainer.prompt_maps(pixels, texts, "relevancy", indices=top, separate_passes=True)),
     ]
     print(f"ViT-B/32 sizes ({clip.image_size} px, {clip.patch_grid}x{clip.patch_grid} patches), batch 1, "
           f"{args.threads} threads, median of {args.runs} runs, torch {torch.__version__}")

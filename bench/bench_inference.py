@@ -6,16 +6,14 @@ OPT-125M and SmolLM2-135M sizes in fp32 / bf16 / int8, with and without the KV c
 import argparse
 import copy
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import torch
 from transformers import CLIPConfig, LlamaConfig, LlamaForCausalLM, OPTConfig, OPTForCausalLM
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from models.clip import CLIPW, make_word_tokenizer, tiny_clip_config  # noqa: E402
-from models.vlm import CaptionerConfig, ClipCaptioner  # noqa: E402
+from models.clip import CLIPW, make_word_tokenizer, tiny_clip_config
+from models.config import CaptionerConfig
+from models.vlm import ClipCaptioner
 
 LMS = {
     "OPT-125M": lambda: OPTForCausalLM(OPTConfig()),
@@ -87,7 +85,8 @@ def main():
                 ms = median_ms(lambda: captioner.generate(
                     embeddings=embeddings, min_new_tokens=args.tokens, max_new_tokens=args.tokens, use_cache=cache),
                     args.repeats)
-                label = f"{name} {precision} generate {args.tokens} tokens, batch {batch}" + ("" if cache else ", no KV cache")
+                label = (f"{name} {precision} generate {args.tokens} tokens, batch {batch}"
+                         + ("" if cache else ", no KV cache"))
                 print(f"{label:<60} {ms / batch:7.1f} ms/image  ({ms / args.tokens / batch:5.1f} ms/token/image)")
 
 

@@ -3,7 +3,7 @@
 Writes --n JPEG photos (synthetic fruit, 640x480 by default) to a temp folder, then prints images/s for
   - pure batched CLIP encoding of ready pixel tensors (the ceiling),
   - decoding + preprocessing alone in one process (what one worker can feed),
-  - end-to-end label_folder (workers decode, CLIP encodes, top-k, captions, files written) for each
+  - end-to-end sharded encoding as label.py runs it (workers decode, CLIP encodes, shards written) for each
     --workers value, with JPEG draft decoding and, for comparison, without it,
 and the ratio end-to-end / pure encoding (the aim: >= 0.8 on 2 cores). Pure encoding is timed again right
 before each end-to-end run, so each ratio compares neighbours in time. Beside wall-clock images/s it prints
@@ -15,21 +15,18 @@ other work the wall-clock ratio is noisy, the CPU-time ratio much less so. Asser
 import argparse
 import os
 import resource
-import sys
 import tempfile
 import time
-from functools import partial
 from pathlib import Path
 
 import torch
 from transformers import CLIPConfig
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from models.clip import CLIPW, make_word_tokenizer  # noqa: E402
-from train import label  # noqa: E402
-from utils.data import ImageFiles, collate_images  # noqa: E402
-from utils.knowledge import load_knowledge  # noqa: E402
-from utils.synthetic import item_rng, render_sample  # noqa: E402
+from demo.world import item_rng, render_sample
+from models.clip import CLIPW, make_word_tokenizer
+from utils.data import ImageFiles, collate_images
+from utils.encoding import encode_shards, file_stats
+from utils.knowledge import load_knowledge
 
 
 def write_photos(folder, n, width, height, unique=8):
@@ -100,13 +97,12 @@ def main():
         runs = [(workers, True) for workers in args.workers] + [(max(args.workers), False)]
         for run, (workers, draft) in enumerate(runs):
             pure = pure_encoding()
-            if not draft:
-                label.ImageFiles = partial(ImageFiles, draft=False)
-            wall, cpu = timed(lambda: label.label_folder(folder, Path(tmp) / f"out{run}", clip, kb,
-                                                         batch_size=args.batch_size, workers=workers, progress=False))
-            label.ImageFiles = ImageFiles
-            line(f"end-to-end label_folder, {workers} workers" + ("" if draft else ", no draft"), args.n, wall, cpu,
-                 pure)
+            names = [path.relative_to(folder).as_posix() for path in files]
+            wall, cpu = timed(lambda: encode_shards(
+                files, names, file_stats(files, names), Path(tmp) / f"out{run}", clip, kb.sentences(),
+                batch_size=args.batch_size, workers=workers, progress=False, draft=draft))
+            line(f"end-to-end sharded encoding (label.py's work), {workers} workers" + ("" if draft else ", no draft"),
+                 args.n, wall, cpu, pure)
 
 
 if __name__ == "__main__":

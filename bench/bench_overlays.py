@@ -1,13 +1,10 @@
 """Median time to draw k=5 individual overlays + the combined one for a 640x480 photo with 7x7 maps."""
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from utils.plot import combined_overlay, individual_overlay, title_for  # noqa: E402
+from utils.plot import combined_overlay, individual_overlay, title_for
 
 RUNS = 20
 K = 5

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import CLIPConfig, CLIPModel, CLIPImageProcessorPil, PreTrainedTokenizerFast
 
+from utils.files import loading
 from utils.images import load_image
 
 DEFAULT_CLIP = "openai/clip-vit-base-patch32"
@@ -32,15 +33,10 @@ class CLIPW(nn.Module):
 
     @classmethod
     def from_pretrained(cls, name_or_path=DEFAULT_CLIP, device=None):
-        try:
-            model = CLIPModel.from_pretrained(name_or_path)
+        with loading("CLIP", name_or_path, "give a local directory, or run once online so the hub copy is cached "):
+            model = CLIPModel.from_pretrained(name_or_path, dtype=torch.float32)  # a compact copy may be fp16
             tokenizer = _load_tokenizer(name_or_path)
             processor = CLIPImageProcessorPil.from_pretrained(name_or_path)
-        except OSError as error:
-            raise OSError(
-                f"could not load CLIP '{name_or_path}': give a local directory, or run once online so the "
-                f"hub copy is cached ({error})"
-            ) from error
         return cls(model, tokenizer, processor, device, str(name_or_path))
 
     @classmethod
@@ -93,7 +89,7 @@ class CLIPW(nn.Module):
     def image_features(self, pixel_values):
         """Normalized image embeddings with autograd on (for explanations)."""
         features = self.model.get_image_features(pixel_values=pixel_values.to(self.device))
-        return F.normalize(_pooled(features), dim=-1)
+        return F.normalize(pooled(features), dim=-1)
 
     @torch.no_grad()
     def encode_images(self, images, batch_size=32):
@@ -108,7 +104,7 @@ class CLIPW(nn.Module):
             tokens = self.tokenizer(list(prompts), padding=True, truncation=True, return_tensors="pt")
             tokens = {name: value.to(self.device) for name, value in tokens.items() if name != "token_type_ids"}
             features = self.model.get_text_features(**tokens)
-            self._text_cache[key] = F.normalize(_pooled(features), dim=-1)
+            self._text_cache[key] = F.normalize(pooled(features), dim=-1)
             if len(self._text_cache) > 16:  # a handful of knowledge bases at most
                 self._text_cache.popitem(last=False)
         self._text_cache.move_to_end(key)
@@ -128,8 +124,9 @@ class CLIPW(nn.Module):
         return [(prompts[i], p) for i, p in zip(indices.tolist(), values.tolist())]
 
 
-def _pooled(features):
-    # transformers 5 may return a model output instead of a bare tensor
+def pooled(features):
+    """get_image_features / get_text_features output as a tensor: transformers 5 may return a model output
+    whose pooler_output is the projected embedding."""
     return features if torch.is_tensor(features) else features.pooler_output
 
 

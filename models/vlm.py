@@ -1,23 +1,21 @@
 """ClipCaptioner: frozen CLIP -> mapper -> prefix vectors -> causal LM writes the caption (ClipCap)."""
 import dataclasses
 import json
-import tempfile
+import math
 import threading
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
-from models.clip import CLIPW, DEFAULT_CLIP
+from models.clip import CLIPW
+from models.config import CaptionerConfig, GenerationOptions
 from models.lm import load_lm, set_precision, set_trainable
 from models.mapper import build_mapper
-from utils.files import replace_directory
+from utils.files import load_safetensors, read_json_strict, staged_directory
 
-DEFAULT_LM = "facebook/opt-125m"
-FORMAT_VERSION = 1
 _GLOBAL_RNG_LOCK = threading.Lock()
 
 
@@ -31,39 +29,11 @@ def _seeded_global_rng(seed, device):
         yield
 
 
-@dataclass
-class CaptionerConfig:
-    """Everything needed to rebuild a captioner; saved as the bundle's config.json."""
-    clip: str = DEFAULT_CLIP  # hub id, or a directory (relative paths are relative to the bundle)
-    lm: str = DEFAULT_LM
-    mapper: str = "mlp"  # mlp | transformer
-    prefix_length: int = 10
-    mapper_hidden: int = 0  # MLP hidden width; 0 = lm_dim * prefix_length / 2 as in ClipCap
-    clip_length: int = 10  # transformer mapper: tokens the embedding is projected to
-    mapper_layers: int = 8
-    mapper_heads: int = 8
-    prefix_text: str = ""  # text the LM reads after the visual prefix, e.g. "Condition:"
-    knowledge: str = "fruit"
-    lm_mode: str = "frozen"  # frozen | full | partial (first lm_frozen_layers blocks frozen)
-    lm_frozen_layers: int = 0
-    clip_dim: int = 0  # filled in from the models
-    lm_dim: int = 0
-    format_version: int = FORMAT_VERSION
-
-    @classmethod
-    def from_dict(cls, values, source="config"):
-        known = {field.name for field in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"{source}: unknown keys {unknown} (a bundle from another version?)")
-        return cls(**values)
-
-
 class ClipCaptioner(nn.Module):
     def __init__(self, clip, lm, tokenizer, config=None):
         super().__init__()
-        config = config or CaptionerConfig()
-        config.clip_dim, config.lm_dim = clip.embed_dim, lm.get_input_embeddings().embedding_dim
+        config = dataclasses.replace(config or CaptionerConfig(), clip_dim=clip.embed_dim,
+                                     lm_dim=lm.get_input_embeddings().embedding_dim)  # the caller's stays as it was
         self.clip, self.lm, self.tokenizer, self.config = clip, lm, tokenizer, config
         self.lm_precision = "fp32"
         self.mapper = build_mapper(
@@ -73,6 +43,12 @@ class ClipCaptioner(nn.Module):
         set_trainable(lm, config.lm_mode, config.lm_frozen_layers)
         self.mapper.to(clip.device)
         self.lm.to(clip.device)
+
+    @classmethod
+    def build(cls, config, device=None):
+        """A fresh captioner (untrained mapper) from a config: its CLIP and LM loaded by name."""
+        lm, tokenizer = load_lm(config.lm)
+        return cls(CLIPW.from_pretrained(config.clip, device), lm, tokenizer, config)
 
     @property
     def device(self):
@@ -131,28 +107,49 @@ class ClipCaptioner(nn.Module):
         return (log_probs * real).sum(dim=1)
 
     @torch.no_grad()
-    def generate(self, images=None, embeddings=None, *, prefix_text=None, temperature=0.0, top_k=0, top_p=1.0,
-                 min_new_tokens=0, max_new_tokens=30, num_beams=1, repetition_penalty=1.0,
-                 no_repeat_ngram_size=0, seed=None, use_cache=True):
-        """Captions for images (or ready CLIP embeddings); temperature 0 means greedy/beam search."""
+    def generate(self, images=None, *, embeddings=None, options=None, use_cache=True, **overrides):
+        """Captions for images (or ready CLIP embeddings). `options` is a GenerationOptions; keyword
+        overrides (e.g. max_new_tokens=8) change single settings of it."""
+        options = dataclasses.replace(options or GenerationOptions(), **overrides)
         if embeddings is None:
             embeddings = self.clip.encode_images(images)
-        prompt = self._prompt_embeddings(embeddings, prefix_text)
-        sampling = temperature > 0
-        options = dict(
-            do_sample=sampling, num_beams=num_beams, min_new_tokens=min_new_tokens, max_new_tokens=max_new_tokens,
-            repetition_penalty=repetition_penalty, no_repeat_ngram_size=no_repeat_ngram_size, use_cache=use_cache,
+        prompt = self._prompt_embeddings(embeddings, options.prefix_text)
+        settings = dict(
+            do_sample=options.sampling, num_beams=options.num_beams, min_new_tokens=options.min_new_tokens,
+            max_new_tokens=options.max_new_tokens, repetition_penalty=options.repetition_penalty,
+            no_repeat_ngram_size=options.no_repeat_ngram_size, use_cache=use_cache,
             eos_token_id=self.tokenizer.eos_token_id, pad_token_id=self.tokenizer.pad_token_id,
         )
-        if sampling:
-            options.update(temperature=temperature, top_k=top_k or None, top_p=top_p)
+        if options.sampling:
+            settings.update(temperature=options.temperature, top_k=options.top_k or None, top_p=options.top_p)
         else:
-            options.update(temperature=None, top_k=None, top_p=None)  # silence sampling-only defaults
-        with _seeded_global_rng(seed, self.device) if sampling else nullcontext():
+            settings.update(temperature=None, top_k=None, top_p=None)  # silence sampling-only defaults
+        with _seeded_global_rng(options.seed, self.device) if options.sampling else nullcontext():
             ids = self.lm.generate(
-                inputs_embeds=prompt, attention_mask=torch.ones(prompt.shape[:2], device=self.device), **options
+                inputs_embeds=prompt, attention_mask=torch.ones(prompt.shape[:2], device=self.device), **settings
             )
         return [_clean(text) for text in self.tokenizer.batch_decode(ids, skip_special_tokens=True)]
+
+    def caption_embeddings(self, embeddings, options=None, batch_size=32, progress=False, desc="captioning"):
+        """Captions for many stored CLIP embeddings [N, D], batch by batch, with an optional progress bar."""
+        from tqdm.auto import tqdm
+
+        self.eval()
+        captions = []
+        for start in tqdm(range(0, len(embeddings), batch_size), desc=desc, unit="batch", disable=not progress,
+                          leave=False):
+            captions += self.generate(embeddings=embeddings[start:start + batch_size], options=options)
+        return captions
+
+    @torch.no_grad()
+    def mean_loss(self, embeddings, captions, batch_size=32):
+        """Mean over items of each item's mean token cross-entropy (teacher forcing, no dropout)."""
+        self.eval()
+        total = 0.0
+        for start in range(0, len(captions), batch_size):
+            chunk = captions[start:start + batch_size]
+            total += self(embeddings[start:start + batch_size], chunk).loss.item() * len(chunk)
+        return total / len(captions) if captions else math.nan
 
     def set_precision(self, precision):
         """Reduced-precision CPU inference (see models.lm.set_precision). int8 LMs pass no gradient, so
@@ -163,40 +160,38 @@ class ClipCaptioner(nn.Module):
 
     def save_pretrained(self, directory, include_clip=False):
         """Bundle = config.json + mapper.safetensors (+ lm/ when the LM was trained, + clip/ when asked:
-        a self-contained bundle), written atomically."""
+        a self-contained bundle), written in a staging directory and swapped in whole."""
         directory = Path(directory)
-        directory.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
         config = dataclasses.asdict(self.config)
         config["clip"] = _portable_path(config["clip"], directory)
-        if include_clip:
-            self.clip.save_pretrained(staging / "clip")
-            config["clip"] = "clip"
-        (staging / "config.json").write_text(json.dumps(config, indent=2))
-        save_file({k: v.contiguous() for k, v in self.mapper.state_dict().items()}, staging / "mapper.safetensors")
-        if self.config.lm_mode != "frozen":
-            self.lm.save_pretrained(staging / "lm")
-            self.tokenizer.save_pretrained(staging / "lm")
-        replace_directory(staging, directory)
+        with staged_directory(directory) as staging:
+            if include_clip:
+                self.clip.save_pretrained(staging / "clip")
+                config["clip"] = "clip"
+            (staging / "config.json").write_text(json.dumps(config, indent=2))
+            save_file({k: v.contiguous() for k, v in self.mapper.state_dict().items()}, staging / "mapper.safetensors")
+            if self.config.lm_mode != "frozen":
+                self.lm.save_pretrained(staging / "lm")
+                self.tokenizer.save_pretrained(staging / "lm")
 
     @classmethod
     def from_pretrained(cls, directory, device=None, lm_precision="fp32", lm=None):
-        """Load a bundle; `lm` swaps in another LM of the same width for a frozen-LM bundle."""
+        """Load a bundle; `lm` swaps in another LM of the same width for a frozen-LM bundle. A missing,
+        damaged or mismatched file is named in the error."""
         directory = Path(directory)
         config_path = directory / "config.json"
         if not config_path.is_file():
             raise FileNotFoundError(f"{directory} is not a captioner bundle (no config.json)")
-        config = CaptionerConfig.from_dict(json.loads(config_path.read_text()), str(config_path))
+        config = CaptionerConfig.from_dict(read_json_strict(config_path, "bundle config"), str(config_path))
         clip_source = directory / config.clip if (directory / config.clip).is_dir() else config.clip
         clip = CLIPW.from_pretrained(clip_source, device)
         if lm is not None and (directory / "lm").is_dir():
             raise ValueError(f"{directory} carries its own fine-tuned LM; it cannot be swapped for '{lm}'")
-        config.lm = lm or config.lm
-        lm, tokenizer = load_lm(directory / "lm" if (directory / "lm").is_dir() else config.lm)
-        saved_dims = {"clip_dim": config.clip_dim, "lm_dim": config.lm_dim}
-        captioner = cls(clip, lm, tokenizer, config)
-        _check_dims(saved_dims, config, config_path)
-        _load_mapper(captioner.mapper, directory / "mapper.safetensors", config)
+        config = dataclasses.replace(config, lm=lm or config.lm)
+        lm_model, tokenizer = load_lm(directory / "lm" if (directory / "lm").is_dir() else config.lm)
+        captioner = cls(clip, lm_model, tokenizer, config)
+        _check_dims(config, captioner.config, config_path)
+        _load_mapper(captioner.mapper, directory / "mapper.safetensors", captioner.config)
         captioner.eval().requires_grad_(False)
         captioner.set_precision(lm_precision)
         return captioner
@@ -215,7 +210,7 @@ def _portable_path(clip, bundle):
 
 
 def _load_mapper(mapper, path, config):
-    weights = load_file(path)
+    weights = load_safetensors(path, "mapper weights")
     expected = mapper.state_dict()
     problems = [f"missing {name}" for name in expected.keys() - weights.keys()]
     problems += [f"unexpected {name}" for name in weights.keys() - expected.keys()]
@@ -232,6 +227,7 @@ def _load_mapper(mapper, path, config):
 
 
 def _check_dims(saved, actual, source):
-    for key, value in saved.items():
+    for key in ("clip_dim", "lm_dim"):
+        value = getattr(saved, key)
         if value and value != getattr(actual, key):
             raise ValueError(f"{source} says {key}={value} but the loaded models give {getattr(actual, key)}")

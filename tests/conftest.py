@@ -1,11 +1,8 @@
 """Tiny randomly initialised models built from configs: every test runs offline on CPU in seconds."""
 import os
-import sys
-from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
@@ -14,7 +11,8 @@ torch.set_num_threads(1)  # tiny models: thread start-up costs more than it gain
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, OPTConfig, OPTForCausalLM  # noqa: E402,E501
 
 from models.clip import CLIPW, make_word_tokenizer, tiny_clip_config  # noqa: E402
-from models.vlm import CaptionerConfig, ClipCaptioner  # noqa: E402
+from models.config import CaptionerConfig  # noqa: E402
+from models.vlm import ClipCaptioner  # noqa: E402
 
 CAPTIONS = [
     "a fresh apple with smooth skin.",

@@ -14,6 +14,7 @@ from PIL import Image
 import app as app_module
 from conftest import make_tiny_captioner
 from models.clip import CLIPW, make_word_tokenizer, tiny_clip_config
+from models.config import GenerationOptions
 from models.inspector import Inspector
 from utils.knowledge import load_knowledge
 
@@ -84,7 +85,7 @@ def test_explain_returns_the_documented_types(served, photos):
 
 def test_settings_reach_the_inspector(served, photos):
     _, top, _, gallery, caption_map = explain(served.client, photos[1], k=2, method="relevancy",
-                                              with_caption_map=False)
+                                              caption_map=False)
     assert len(top["confidences"]) == 2 and len(gallery) == 2 and caption_map is None
     with pytest.raises(Exception, match="unknown method"):
         explain(served.client, photos[1], method="no-such-method")
@@ -92,7 +93,7 @@ def test_settings_reach_the_inspector(served, photos):
 
 def test_concurrent_calls_each_get_their_own_results(served, photos):
     def signature(path):
-        caption, top, combined, _, _ = explain(served.client, path, k=2, with_caption_map=False)
+        caption, top, combined, _, _ = explain(served.client, path, k=2, caption_map=False)
         return caption, [(c["label"], round(c["confidence"], 4)) for c in top["confidences"]], \
             np.asarray(Image.open(combined), dtype=np.float32)
 
@@ -140,7 +141,7 @@ def test_batch_gives_table_csv_and_gallery_and_survives_bad_files(served, photos
     saved = pd.read_csv(csv, keep_default_na=False)
     assert list(saved["file"]) == list(frame["file"]) and list(saved["caption"]) == list(frame["caption"])
     assert [item["caption"] for item in gallery] == ["photo_3.jpg", "photo_4.jpg"]
-    top_defect = served.inspector.inspect(photos[3], k=3, with_caption_map=False, generation=FAST)
+    top_defect = served.inspector.inspect(photos[3], k=3, caption_map=False, generation=GenerationOptions(**FAST))
     defect = next(p for p, _ in top_defect.top_k if not p.healthy)
     assert good.iloc[0]["top defect"] == defect.text
 
@@ -193,10 +194,9 @@ def test_flags_that_do_not_go_together_are_refused(monkeypatch):
     assert app_module.parse_args([]).auth == ("operator", "s3cret:x")
 
 
-def test_missing_demo_bundle_without_its_builder_says_what_to_do(monkeypatch, tmp_path):
+def test_missing_demo_bundle_says_what_to_do(monkeypatch, tmp_path):
     monkeypatch.setattr(app_module, "DEMO_BUNDLE", tmp_path / "demo")
-    monkeypatch.setitem(__import__("sys").modules, "train.build_demo", None)  # import fails
-    with pytest.raises(SystemExit, match="--checkpoint DIR.*--clip"):
+    with pytest.raises(SystemExit, match="make demo.*--checkpoint DIR.*--clip"):
         app_module.demo_bundle()
 
 
@@ -214,3 +214,37 @@ def test_main_loads_a_bundle_and_passes_the_flags_on(monkeypatch, tmp_path):
     assert launched["server_name"] == "127.0.0.1" and launched["server_port"] == 7999
     assert launched["auth"] == ("operator", "secret") and launched["max_image_mb"] == 2
     assert {"explain", "batch"} <= {fn.api_name for fn in launched["app"].fns.values()}
+
+
+def test_sigterm_removes_the_apps_temp_folder(tmp_path):
+    """`kill` / `docker stop` must not leave the per-run folder (batch CSVs) behind."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    knowledge = load_knowledge("fruit")
+    tokenizer = make_word_tokenizer(knowledge.sentences())
+    CLIPW.from_config(tiny_clip_config(vocab_size=len(tokenizer)), tokenizer, device="cpu").save_pretrained(
+        tmp_path / "clip")
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "app.py", "--clip", str(tmp_path / "clip"), "--device", "cpu",
+                               "--port", str(port)], env={**os.environ, "TMPDIR": str(temp)},
+                              cwd=app_module.ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.time() + 120
+        while not list(temp.glob("clipcap-app-*")) or not _listening(port):
+            assert server.poll() is None and time.time() < deadline, server.stdout.read()
+            time.sleep(0.5)
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=60)
+    finally:
+        server.kill()
+    assert not list(temp.glob("clipcap-app-*"))
+
+
+def _listening(port):
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0

@@ -87,7 +87,7 @@ def test_random_baseline_sits_between_the_best_and_worst_map():
     assert 0.3 < random_deletion < 0.7  # expected 0.5: HOT is removed at a uniformly random step
     hit_rate = random_baseline(pointing_game, GRID, pixel_mask([HOT]), count=400)
     assert 1 / 16 - 0.04 < hit_rate < 1 / 16 + 0.04
-    assert torch.equal(random_maps(3, GRID, seed=1), random_maps(3, GRID, seed=1))
+    assert torch.equal(random_maps(3, GRID, seed=1), random_maps(3, GRID, seed=1))  # bitwise: a seeded generator
 
 
 def test_batches_do_not_change_the_curve():
@@ -115,7 +115,7 @@ def test_baselines():
 def test_explanations_of_the_toy_clip_beat_random_maps():
     clip = detector_clip()
     image = colour_image()
-    saliency = Explainer(clip).gradcam(image, TEXTS)[0]  # the red prompt
+    saliency = Explainer(clip).prompt_maps(image, TEXTS)[0]  # the red prompt
     score = prompt_probability(clip, TEXTS, 0)
     red_mask = np.zeros((16, 16), dtype=bool)
     red_mask[RED_PATCH[0] * 4:RED_PATCH[0] * 4 + 4, RED_PATCH[1] * 4:RED_PATCH[1] * 4 + 4] = True

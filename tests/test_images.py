@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from utils.images import ImageLoadError, center_crop_box, find_images, load_image
+from utils.images import UNSUPPORTED_EXTENSIONS, ImageLoadError, center_crop_box, find_images, load_image
 
 
 def encoded(image, fmt="PNG", **options):
@@ -84,3 +84,55 @@ def test_find_images_skips_hidden_and_non_images(tmp_path):
     for name in ["a/x.jpg", "a/b/y.PNG", ".hidden/z.jpg", "a/.w.jpg", "a/readme.txt"]:
         (tmp_path / name).write_bytes(b"")
     assert [p.relative_to(tmp_path).as_posix() for p in find_images(tmp_path)] == ["a/b/y.PNG", "a/x.jpg"]
+
+
+def bomb_png(width, height):
+    """A PNG whose header claims width x height pixels over a few bytes of data (a decompression bomb)."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\x00" * 64))
+            + chunk(b"IEND", b""))
+
+
+def test_a_decompression_bomb_is_refused_with_the_configured_limit(tmp_path):
+    path = tmp_path / "bomb.png"
+    path.write_bytes(bomb_png(60000, 60000))
+    with pytest.raises(ImageLoadError, match=r"bomb.png: 60000x60000 = 3,600,000,000 pixels is over the limit of "
+                                             r"64,000,000 pixels"):
+        load_image(path)
+    with pytest.raises(ImageLoadError, match="over the limit of 5,000,000 pixels"):
+        load_image(path, max_pixels=5_000_000)
+
+
+def test_a_limit_above_pillows_own_is_honoured():
+    picture = encoded(Image.new("L", (14000, 14000)))  # 196 MP: Pillow alone would refuse it
+    assert load_image(picture, max_pixels=200_000_000).size == (14000, 14000)
+
+
+def test_an_empty_file_says_so(tmp_path):
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    with pytest.raises(ImageLoadError, match="empty.jpg: the file is empty"):
+        load_image(tmp_path / "empty.jpg")
+
+
+def test_phone_formats_are_read(tmp_path):
+    red = Image.new("RGB", (40, 30), (200, 30, 30))
+    for fmt, name in (("HEIF", "phone.heic"), ("AVIF", "modern.avif")):
+        red.save(tmp_path / name, format=fmt)
+        loaded = load_image(tmp_path / name)
+        assert loaded.size == (40, 30) and abs(int(np.asarray(loaded)[15, 20, 0]) - 200) < 12
+
+
+def test_formats_it_cannot_read_are_named(tmp_path):
+    (tmp_path / "logo.svg").write_text("<svg xmlns='http://www.w3.org/2000/svg'/>")
+    (tmp_path / "raw.dng").write_bytes(b"II*\x00" + b"\x00" * 64)
+    for name in ("logo.svg", "raw.dng"):
+        with pytest.raises(ImageLoadError, match=rf"{name}: unsupported image format \(\.\w+\); convert it"):
+            load_image(tmp_path / name)
+    assert [p.name for p in find_images(tmp_path, UNSUPPORTED_EXTENSIONS)] == ["logo.svg", "raw.dng"]
+    assert find_images(tmp_path) == []

@@ -6,9 +6,9 @@ import torch
 from PIL import Image
 
 from conftest import make_tiny_clip
-from train import importers, label
+from train import importers
 from train.importers import CaptionFileError, import_captions, read_coco, read_flickr
-from train.label import LabelError
+from utils.encoding import LabelError
 from utils.data import DatasetMismatchError, load_dataset, read_failed
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -104,9 +104,9 @@ def test_import_flickr_command_line_and_no_redo(tmp_path, clip, capsys, monkeypa
     assert "4 rows, 0 images failed" in capsys.readouterr().out
     data = load_dataset(tmp_path / "ds")
     assert data.manifest["kind"] == "flickr" and len(data) == 4
-    assert torch.equal(data.embeddings[0], data.embeddings[1])  # two captions of one image
+    assert torch.equal(data.embeddings[0], data.embeddings[1])  # bitwise: two captions of one image share its row
 
-    monkeypatch.setattr(label, "encode_shards", lambda *a, **k: pytest.fail("encoded a finished import again"))
+    monkeypatch.setattr(importers, "encode_shards", lambda *a, **k: pytest.fail("encoded a finished import again"))
     monkeypatch.setattr(importers, "encode_shards", lambda *a, **k: pytest.fail("encoded a finished import again"))
     importers.main(argv)
 

@@ -1,9 +1,12 @@
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
-from conftest import make_tiny_captioner
+from conftest import PROMPTS, make_tiny_captioner
 from models.clip import CLIPW, make_word_tokenizer, tiny_clip_config
+from models.config import GenerationOptions
+from models.explain import explain_image
 from models.inspector import Inspector
 from utils.images import ImageLoadError
 from utils.knowledge import load_knowledge
@@ -40,7 +43,7 @@ def test_top_k_probabilities_match_clip(fruit_clip):
 def test_captioner_mode_gives_caption_and_caption_map():
     captioner = make_tiny_captioner("opt")
     inspection = Inspector(captioner.clip, "fruit", captioner).inspect(
-        photo(), k=2, generation=dict(min_new_tokens=3, max_new_tokens=5))
+        photo(), k=2, generation=GenerationOptions(min_new_tokens=3, max_new_tokens=5))
     assert inspection.caption
     assert inspection.caption_map.shape == (4, 4) and inspection.caption_overlay is not None
 
@@ -55,7 +58,10 @@ def test_bad_image_raises_the_clear_error(fruit_clip):
 @pytest.mark.parametrize("method", ["gradcam", "relevancy"])
 def test_caption_reuses_the_explain_pass_embedding_faithfully(method):
     captioner = make_tiny_captioner("opt")
-    generation = dict(min_new_tokens=3, max_new_tokens=6)
+    generation = GenerationOptions(min_new_tokens=3, max_new_tokens=6)
     inspection = Inspector(captioner.clip, "fruit", captioner).inspect(photo(seed=5), k=2, method=method,
-                                                                        with_caption_map=False, generation=generation)
-    assert inspection.caption == captioner.generate([photo(seed=5)], **generation)[0]
+                                                                        caption_map=False, generation=generation)
+    encoded = captioner.clip.encode_images([photo(seed=5)])
+    explained = explain_image(captioner.clip, photo(seed=5), PROMPTS, k=2, method=method).embedding
+    torch.testing.assert_close(explained, encoded)  # close, not bitwise: the explain pass runs with autograd
+    assert inspection.caption == captioner.generate(embeddings=encoded, options=generation)[0]

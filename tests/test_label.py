@@ -8,7 +8,9 @@ from PIL import Image
 
 from models.clip import CLIPW, make_word_tokenizer, tiny_clip_config
 from train import label
-from train.label import LabelError, apply_class_prior, label_folder, load_class_prior
+from train.label import apply_class_prior, label_folder, load_class_prior
+from utils import encoding
+from utils.encoding import LabelError
 from utils.data import (DatasetError, DatasetMismatchError, ImageFiles, check_compatible, class_of,
                         collate_images, load_dataset, read_failed, read_image, save_dataset, stratified_split)
 from utils.images import ImageLoadError
@@ -42,6 +44,7 @@ def folder(tmp_path_factory):
     photo(9, (80, 80)).save(root / "big.png")
     (root / "rotten" / "corrupt.jpg").write_bytes((root / "fresh" / "a0.jpg").read_bytes()[:300])
     (root / "notes.jpg").write_text("not a picture")
+    (root / "fresh" / "logo.svg").write_text("<svg xmlns='http://www.w3.org/2000/svg'/>")  # listed, never lost
     (root / "readme.txt").write_text("skipped: not an image extension")
     photo(10).save(root / ".hidden.jpg")
     (root / ".cache").mkdir()
@@ -75,12 +78,13 @@ def test_labels_a_folder(folder, clip, tmp_path):
     torch.testing.assert_close(data.embeddings, expected, atol=1e-5, rtol=0)
 
     failed = dict(read_failed(out))
-    assert set(failed) == {"big.png", "notes.jpg", "rotten/corrupt.jpg"}
+    assert set(failed) == {"big.png", "notes.jpg", "rotten/corrupt.jpg", "fresh/logo.svg"}
     assert "over the limit" in failed["big.png"]
+    assert "unsupported image format (.svg)" in failed["fresh/logo.svg"]
     assert "not a readable image" in failed["notes.jpg"]
     assert "corrupt or truncated" in failed["rotten/corrupt.jpg"]
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["count"] == 5 and manifest["failed"] == 3 and manifest["top_k"] == 3
+    assert manifest["count"] == 5 and manifest["failed"] == 4 and manifest["top_k"] == 3
     assert manifest["knowledge_hash"] == KB.hash() and manifest["clip"] == clip.name
     assert manifest["embed_dim"] == clip.embed_dim and manifest["source"] == str(folder.resolve())
     assert not (out / ".parts").exists()
@@ -90,7 +94,7 @@ def test_empty_folder_is_a_clear_error(tmp_path, clip):
     (tmp_path / "images" / "sub").mkdir(parents=True)
     (tmp_path / "images" / ".hidden.jpg").write_bytes(b"x")
     (tmp_path / "images" / "notes.txt").write_text("x")
-    with pytest.raises(LabelError, match="no image files"):
+    with pytest.raises(LabelError, match="no readable image files"):
         run(tmp_path / "images", tmp_path / "out", clip)
     with pytest.raises(LabelError, match="no such folder"):
         run(tmp_path / "missing", tmp_path / "out", clip)
@@ -99,7 +103,7 @@ def test_empty_folder_is_a_clear_error(tmp_path, clip):
 
 def test_interrupted_run_resumes_to_the_same_result(folder, clip, tmp_path, monkeypatch):
     whole = run(folder, tmp_path / "whole", clip, shard_size=2)
-    write_part = label._write_part
+    write_part = encoding._write_part
     written = []
 
     def write_then_die(*args):
@@ -108,16 +112,17 @@ def test_interrupted_run_resumes_to_the_same_result(folder, clip, tmp_path, monk
         written.append(args[1])
         write_part(*args)
 
-    monkeypatch.setattr(label, "_write_part", write_then_die)
+    monkeypatch.setattr(encoding, "_write_part", write_then_die)
     with pytest.raises(KeyboardInterrupt):
         run(folder, tmp_path / "resumed", clip, shard_size=2)
     assert not (tmp_path / "resumed" / "manifest.json").exists()
     assert [p.name for p in (tmp_path / "resumed" / ".parts").glob("shard-*")] == ["shard-000000.safetensors"]
 
     resumed_shards = []
-    monkeypatch.setattr(label, "_write_part", lambda *args: (resumed_shards.append(args[1]), write_part(*args)))
+    monkeypatch.setattr(encoding, "_write_part", lambda *args: (resumed_shards.append(args[1]), write_part(*args)))
     resumed = run(folder, tmp_path / "resumed", clip, shard_size=2)
-    assert resumed_shards == [1, 2, 3]  # 8 files in shards of 2: shard 0 was kept
+    assert resumed_shards == [1, 2, 3, 4]  # 9 files in shards of 2: shard 0 was kept
+    # bitwise: a resumed shard is encoded in exactly the batches of an uninterrupted run (utils/encoding.py)
     assert torch.equal(load_dataset(resumed).embeddings, load_dataset(whole).embeddings)
     for name in ("caption_mapping.csv", "failed_images.txt"):
         assert (resumed / name).read_bytes() == (whole / name).read_bytes()
@@ -149,7 +154,7 @@ def test_finished_run_is_kept_and_mismatches_refused(folder, clip, tmp_path, mon
     assert load_dataset(out).manifest["knowledge_hash"] == other.hash()
 
     # A half-done run is protected the same way.
-    monkeypatch.setattr(label, "_write_part", lambda *args: (_ for _ in ()).throw(KeyboardInterrupt))
+    monkeypatch.setattr(encoding, "_write_part", lambda *args: (_ for _ in ()).throw(KeyboardInterrupt))
     with pytest.raises(KeyboardInterrupt):
         run(folder, tmp_path / "half", clip)
     with pytest.raises(DatasetMismatchError, match="unfinished"):
@@ -222,7 +227,7 @@ def test_command_line(folder, clip, tmp_path, capsys):
     out = tmp_path / "ds"
     label.main(["--images", str(folder), "--out", str(out), "--clip", str(tmp_path / "clip"), "--device", "cpu",
                 "--workers", "0", "--top-k", "2", "--max-pixels", str(MAX_PIXELS), "--quiet"])
-    assert "5 rows, 3 images failed" in capsys.readouterr().out
+    assert "5 rows, 4 images failed" in capsys.readouterr().out
     assert load_dataset(out).manifest["clip"] == str(tmp_path / "clip")
     with pytest.raises(SystemExit) as exit:
         label.main(["--images", str(tmp_path / "nothing"), "--out", str(out)])
@@ -237,6 +242,7 @@ def test_separate_shard_processes_then_merge(folder, clip, tmp_path):
     assert len(list((out / ".parts").glob("shard-*"))) == 3
     merged = run(folder, out, clip, shard_size=3)
     whole = run(folder, tmp_path / "whole", clip, shard_size=3)
+    # bitwise: each shard is encoded in the same batches whichever process runs it (utils/encoding.py)
     assert torch.equal(load_dataset(merged).embeddings, load_dataset(whole).embeddings)
 
 
@@ -272,7 +278,7 @@ def test_dataset_round_trip_and_checks(tmp_path):
                           "caption": ["A fruit.", "B fruit."], "prompt_1": ["fresh", "rot"], "prob_1": [0.5, 0.25]})
     save_dataset(tmp_path, torch.eye(2, 4), table, {"clip": "c", "knowledge_hash": "h"}, [("z.jpg", "bad\tone")])
     data = load_dataset(tmp_path)
-    assert torch.equal(data.embeddings, torch.eye(2, 4)) and data.table.equals(table)
+    assert torch.equal(data.embeddings, torch.eye(2, 4)) and data.table.equals(table)  # bitwise: stored bytes
     assert data.manifest["count"] == 2 and data.manifest["failed"] == 1 and data.manifest["embed_dim"] == 4
     assert read_failed(tmp_path) == [("z.jpg", "bad one")] and data.top_k == 1
     check_compatible(data.manifest, clip="c", knowledge_hash="h", embed_dim=4)

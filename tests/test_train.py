@@ -10,11 +10,14 @@ import yaml
 from PIL import Image
 
 from conftest import CAPTIONS, make_tiny_captioner
+from models.config import GenerationOptions, InspectOptions
 from models.vlm import ClipCaptioner
 from train import evaluate as evaluate_script
 from train import predict as predict_script
 from train import train as train_script
 from utils.data import save_dataset
+from utils.files import short_names
+from utils.options import flag_names, from_dict
 from utils.knowledge import load_knowledge
 
 CLASSES = ["fresh", "mold", "spots", "cut"]  # one per caption in CAPTIONS
@@ -82,10 +85,10 @@ def test_resume_after_a_crash_gives_the_same_numbers(straight_run, models_dir, m
     out = root / "resumed"
     epoch_once = train_script.train_epoch
 
-    def crash_in_second_epoch(*args, **kwargs):
-        if args[7] == 1:  # epoch index
+    def crash_in_second_epoch(run, epoch, *args):
+        if epoch == 1:
             raise KeyboardInterrupt
-        return epoch_once(*args, **kwargs)
+        return epoch_once(run, epoch, *args)
 
     monkeypatch.setattr(train_script, "train_epoch", crash_in_second_epoch)
     with pytest.raises(KeyboardInterrupt):
@@ -122,32 +125,33 @@ def test_mismatched_manifests_are_refused(tmp_path, models_dir, straight_run):
         train_script.train([data], tmp_path / "out", clip="some/other-clip", lm=str(models_dir / "lm"), **FAST)
 
 
-def test_every_flag_is_documented():
+def test_every_flag_is_documented_and_every_option_has_a_flag():
     parser = train_script.build_parser()
     undocumented = [a.dest for a in parser._actions if not a.help]
     assert not undocumented
     options = {a.dest for a in parser._actions} - {"help", "config", "datasets", "out"}
-    assert options == set(train_script.TrainOptions.__dataclass_fields__)
+    assert options == set(flag_names(train_script.TrainOptions))
+    assert {"lm", "mapper", "prefix_length", "epochs"} <= options  # the captioner's own config is nested in
 
 
-def test_noise_keeps_embeddings_on_the_sphere():
-    embeddings = torch.nn.functional.normalize(torch.randn(5, 32, generator=torch.Generator().manual_seed(1)), dim=-1)
-    noisy = train_script.add_noise(embeddings, 0.1, torch.Generator().manual_seed(2))
-    assert torch.allclose(noisy.norm(dim=-1), torch.ones(5))
-    assert not torch.allclose(noisy, embeddings)
+def test_options_keep_the_captioner_config_nested():
+    opts = from_dict(train_script.TrainOptions, {"lm": "smollm2", "prefix_length": 6, "epochs": 3})
+    assert opts.model.lm == "smollm2" and opts.model.prefix_length == 6 and opts.epochs == 3
+    with pytest.raises(ValueError, match="unknown keys.*'epochz'"):
+        from_dict(train_script.TrainOptions, {"epochz": 3})
 
 
 def test_evaluate_scores_several_bundles(straight_run, tmp_path, capsys):
     root, data, _ = straight_run
     table = evaluate_script.evaluate([root / "out" / "best", root / "out" / "last"], data, max_items=5, metrics=(),
-                                     progress=False, max_new_tokens=6)
+                                     progress=False, generation=GenerationOptions(max_new_tokens=6))
     assert table["model"].tolist() == ["best", "last"] and (table["items"] == 5).all()
     assert table["loss"].map(math.isfinite).all() and table["token_f1"].between(0, 1).all()
     evaluate_script.main([str(root / "out" / "best"), "--data", str(data), "--split", "val", "--val-fraction", "0.25",
                           "--metrics", "none", "--csv", str(tmp_path / "eval.csv"), "--no-progress"])
     assert pd.read_csv(tmp_path / "eval.csv")["items"].tolist() == [8]  # the run's 8 validation images
     assert "exact_match" in capsys.readouterr().out
-    assert evaluate_script.display_names(["a/run1/best", "b/run2/best"]) == ["run1/best", "run2/best"]
+    assert short_names(["a/run1/best", "b/run2/best"]) == ["run1/best", "run2/best"]
 
 
 def test_predict_writes_tables_and_overlays_and_skips_bad_images(straight_run, tmp_path):
@@ -159,8 +163,8 @@ def test_predict_writes_tables_and_overlays_and_skips_bad_images(straight_run, t
             images / ("sub" if i else "") / f"photo{i}.png")
     (images / "broken.jpg").write_bytes(b"not an image")
     out = tmp_path / "out"
-    records, failed = predict_script.predict(root / "out" / "best", images, out, k=2, progress=False,
-                                             max_new_tokens=4)
+    records, failed = predict_script.predict(root / "out" / "best", images, out, options=InspectOptions(k=2),
+                                             progress=False, generation=GenerationOptions(max_new_tokens=4))
     assert [Path(f).name for f, _ in failed] == ["broken.jpg"]
     table = pd.read_csv(out / "predictions.csv")
     assert len(table) == 2 and {"image", "model", "caption", "summary", "prompt_2", "prob_2"} <= set(table.columns)

@@ -39,6 +39,7 @@ def test_frozen_lm_trains_only_the_mapper():
     assert all(p.requires_grad for p in captioner.mapper.parameters())
     lm_before = {k: v.clone() for k, v in captioner.lm.state_dict().items()}
     _, loss = overfit(captioner, steps=5)
+    # bitwise: the code promises a frozen LM's weights are never written to
     assert all(torch.equal(lm_before[k], v) for k, v in captioner.lm.state_dict().items())
 
 
@@ -61,6 +62,11 @@ def test_loss_ignores_prefix_and_padding():
 
 def test_batched_generate_equals_one_by_one(overfit_opt):
     captioner, embeddings = overfit_opt
+    with torch.no_grad():  # other batch shapes may take other kernels: the logits agree closely, not bitwise
+        together = captioner(embeddings, CAPTIONS).logits
+        alone = [captioner(e[None], [c]).logits[0] for e, c in zip(embeddings, CAPTIONS)]
+    for row, logits in enumerate(alone):
+        torch.testing.assert_close(together[row, :len(logits)], logits, rtol=1e-4, atol=1e-4)
     batched = captioner.generate(embeddings=embeddings, max_new_tokens=12)
     single = [captioner.generate(embeddings=e[None], max_new_tokens=12)[0] for e in embeddings]
     assert batched == single
@@ -71,7 +77,7 @@ def test_sampling_is_reproducible_with_a_seed():
     embeddings = torch.randn(2, 32)
     first = captioner.generate(embeddings=embeddings, temperature=1.5, top_k=20, seed=7, max_new_tokens=8)
     again = captioner.generate(embeddings=embeddings, temperature=1.5, top_k=20, seed=7, max_new_tokens=8)
-    assert first == again
+    assert first == again  # the same seed on the same machine: the code promises the same draw
 
 
 def test_seeded_sampling_is_reproducible_under_concurrent_requests():
@@ -111,7 +117,7 @@ def test_save_load_round_trip(tmp_path, lm_mode):
     assert (tmp_path / "bundle" / "lm").exists() == (lm_mode != "frozen")
     loaded = ClipCaptioner.from_pretrained(tmp_path / "bundle", device="cpu")
     with torch.no_grad():
-        assert torch.equal(captioner(embeddings, CAPTIONS).logits, loaded(embeddings, CAPTIONS).logits)
+        torch.testing.assert_close(loaded(embeddings, CAPTIONS).logits, captioner(embeddings, CAPTIONS).logits)
     assert loaded.generate(embeddings=embeddings) == captioner.generate(embeddings=embeddings)
 
 
@@ -123,7 +129,10 @@ def test_self_contained_bundle_moves_with_its_clip(tmp_path):
     assert json.loads((tmp_path / "moved" / "config.json").read_text())["clip"] == "clip"
     loaded = ClipCaptioner.from_pretrained(tmp_path / "moved", device="cpu")
     pixels = torch.rand(1, 3, 32, 32)
-    assert torch.equal(loaded.clip.encode_images(pixels), captioner.clip.encode_images(pixels))
+    # identical weights, but a reloaded model may run other kernels: 8.9e-8 apart was seen on another machine
+    assert all(torch.equal(a, b) for a, b in zip(loaded.clip.state_dict().values(),
+                                                 captioner.clip.state_dict().values()))  # bitwise: copied bytes
+    torch.testing.assert_close(loaded.clip.encode_images(pixels), captioner.clip.encode_images(pixels))
 
 
 def test_mismatched_bundle_names_the_problem(tmp_path):

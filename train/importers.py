@@ -22,21 +22,13 @@ import csv
 import io
 import json
 import re
-import sys
 import warnings
 from pathlib import Path
 from typing import NamedTuple
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a plain script from anywhere
-
-import pandas as pd  # noqa: E402
-import torch  # noqa: E402
-
-from models.clip import CLIPW  # noqa: E402
-from train.label import (FORMAT, PARTS, LabelError, add_run_arguments, check_settings, clip_id,  # noqa: E402
-                         digest, encode_shards, file_stats, finish_output, report, start_output)
-from utils.data import DatasetError  # noqa: E402
-from utils.images import DEFAULT_MAX_PIXELS  # noqa: E402
+from utils.encoding import (FORMAT, PARTS, SHARD_SIZE, LabelError, add_run_arguments, check_settings, clip_id,
+                            digest, encode_shards, file_stats, finish_output, report, start_output)
+from utils.images import DEFAULT_MAX_PIXELS
 
 
 class Caption(NamedTuple):
@@ -121,9 +113,14 @@ READERS = {"coco": read_coco, "flickr": read_flickr}
 
 
 def import_captions(kind, captions_file, image_dir, out_dir, clip, *, limit=None, batch_size=64, workers=2,
-                    max_pixels=DEFAULT_MAX_PIXELS, shard_size=512, progress=True, overwrite=False,
+                    max_pixels=DEFAULT_MAX_PIXELS, shard_size=SHARD_SIZE, progress=True, overwrite=False,
                     device=None):
     """Read `captions_file` of format `kind` ("coco" | "flickr"), encode its images, write the dataset."""
+    import pandas as pd
+    import torch
+
+    from models.clip import CLIPW
+
     check_settings(batch_size=batch_size, workers=workers, shard_size=shard_size)
     if limit is not None and limit < 1:
         raise LabelError(f"limit must be >= 1, got {limit}")
@@ -172,7 +169,9 @@ def main(argv=None):
         sub.add_argument("--images", required=True, help="folder the caption file's image names are relative to")
         sub.add_argument("--limit", type=int, default=None, help="import only the first N images (sorted by name)")
         add_run_arguments(sub)
-    args = parser.parse_args(argv)
+    args = parser.parse_args(argv)  # before any heavy import: --help answers at once
+    from utils.data import DatasetError
+
     try:
         out = import_captions(args.kind, args.captions, args.images, args.out, args.clip, limit=args.limit,
                               batch_size=args.batch_size, workers=args.workers, max_pixels=args.max_pixels,

@@ -11,17 +11,16 @@ manifest.json is written last and removed first, so a directory with one is alwa
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch.utils.data import Dataset
 
-from utils.files import atomic_write  # noqa: F401 (re-exported for the scripts)
+from utils.files import atomic_write, load_safetensors, read_json, write_json
 from utils.images import DEFAULT_MAX_PIXELS, ImageLoadError, load_image
 
 EMBEDDINGS = "embeddings.safetensors"
@@ -78,8 +77,7 @@ def save_dataset(directory, embeddings, table: pd.DataFrame, manifest: dict, fai
     atomic_write(directory / CAPTIONS, lambda p: table.to_csv(p, index=False, lineterminator="\n"))
     lines = "".join(f"{_one_line(path)}\t{_one_line(reason)}\n" for path, reason in failed)
     atomic_write(directory / FAILED, lambda p: p.write_text(lines, encoding="utf-8"))
-    text = json.dumps(manifest, indent=1, ensure_ascii=False) + "\n"
-    atomic_write(directory / MANIFEST, lambda p: p.write_text(text, encoding="utf-8"))
+    write_json(directory / MANIFEST, manifest)
     return directory
 
 
@@ -88,10 +86,7 @@ def _one_line(text) -> str:
 
 
 def read_manifest(directory) -> dict | None:
-    try:
-        return json.loads((Path(directory) / MANIFEST).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
+    return read_json(Path(directory) / MANIFEST)
 
 
 def read_failed(directory) -> list[tuple[str, str]]:
@@ -106,7 +101,7 @@ def load_dataset(directory) -> LabeledDataset:
         raise DatasetError(f"{directory}: not a finished dataset (no readable {MANIFEST}); "
                            "make one with train/label.py or train/importers.py")
     try:
-        embeddings = load_file(str(directory / EMBEDDINGS))["embeddings"]
+        embeddings = load_safetensors(directory / EMBEDDINGS, "embeddings")["embeddings"]
         table = pd.read_csv(directory / CAPTIONS, dtype=str, keep_default_na=False)
     except (OSError, KeyError, ValueError) as error:
         raise DatasetError(f"{directory}: cannot read the dataset ({error})") from error

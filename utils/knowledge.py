@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -103,6 +104,25 @@ def load_knowledge(name_or_path: str | Path | KnowledgeBase = "fruit") -> Knowle
     except (OSError, UnicodeDecodeError) as e:
         raise KnowledgeError(f"{path}: cannot read: {e}") from e
     return KnowledgeBase.from_dict(_decode(text, path), source=str(path))
+
+
+def dataset_knowledge(option, manifest: dict) -> str:
+    """The knowledge base a bundle trained on labeled datasets records: `option` or the manifest's, refused
+    when its hash differs from the one the datasets were labeled with. Files are stored as absolute paths."""
+    name = option or manifest.get("knowledge") or "fruit"
+    try:
+        knowledge = load_knowledge(name)
+    except KnowledgeError as error:
+        if option:
+            raise
+        warnings.warn(f"the datasets' knowledge base {name!r} cannot be loaded here ({error}); the bundle "
+                      "records the name as is (pass --knowledge FILE to fix)", stacklevel=2)
+        return name
+    expected = manifest.get("knowledge_hash")
+    if expected and knowledge.hash() != expected:
+        raise ValueError(f"knowledge base {name!r} has hash {knowledge.hash()} but the datasets were labeled with "
+                         f"{expected}: captions and prompts would not match")
+    return name if name in BUILTIN or not Path(name).is_file() else str(Path(name).resolve())
 
 
 def _decode(text: str, path: Path):

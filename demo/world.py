@@ -1,14 +1,16 @@
 """Seeded synthetic product photos with ground truth: fruit-like objects, drawn defects, pixel masks.
 
+    python -m demo.world --out checkpoints/world --n 2000 --seed 0 --size 128
+
 The offline demo trains its small CLIP on these images and measures explanations against the masks.
 Everything is drawn with numpy + OpenCV at the target size, so a thousand 128 px images take seconds.
 """
 
 from __future__ import annotations
 
-import json
-import os
+import argparse
 import shutil
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
@@ -18,6 +20,8 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 from tqdm.auto import tqdm
+
+from utils.files import atomic_write, read_json, write_json
 
 DEFECT_KINDS = (
     "green_mold", "blue_mold", "white_mold", "black_mold", "dark_spots",
@@ -152,8 +156,8 @@ _GLOSS = {"apple": (30, 0.55), "orange": (12, 0.25), "tomato": (45, 0.75),
           "pear": (15, 0.3), "banana": (10, 0.2), "lemon": (14, 0.3)}
 
 
-def _fruit_geometry(rng: np.random.Generator, kind: str, h: int, w: int) -> _Fruit:
-    s = min(h, w)
+def _fruit_axes(rng: np.random.Generator, kind: str, s: int) -> tuple[float, float, float]:
+    """Half-length a along the axis, half-width b across it, and the axis angle, for a kind of fruit."""
     upright = -np.pi / 2  # the u axis points up the image, towards the stem
     if kind in ("apple", "orange", "tomato"):
         b = s * rng.uniform(0.24, 0.35)
@@ -169,6 +173,11 @@ def _fruit_geometry(rng: np.random.Generator, kind: str, h: int, w: int) -> _Fru
     else:  # lemon
         b, angle = s * rng.uniform(0.19, 0.26), rng.uniform(-np.pi, np.pi)
         a = b * rng.uniform(1.25, 1.45)
+    return a, b, angle
+
+
+def _fruit_geometry(rng: np.random.Generator, kind: str, h: int, w: int) -> _Fruit:
+    a, b, angle = _fruit_axes(rng, kind, min(h, w))
     extent = max(a, b) * 0.35
     cx = w / 2 + np.clip(rng.normal(0, 0.08 * w), -extent, extent)
     cy = h / 2 + np.clip(rng.normal(0, 0.08 * h), -extent, extent)
@@ -577,19 +586,6 @@ def item_rng(seed: int, index: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([seed, index]))
 
 
-def _atomic(path: Path, write: Callable[[Path], None]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    write(tmp)
-    os.replace(tmp, path)
-
-
-def _read_json(path: Path):
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
 def _save_npz(path: Path, masks: Mapping[str, np.ndarray]) -> None:
     with open(path, "wb") as f:
         np.savez_compressed(f, **{k: v.astype(bool) for k, v in masks.items()})
@@ -605,17 +601,17 @@ def write_world(out_dir, n: int, seed: int = 0, width: int = 128, height: int = 
     out = Path(out_dir)
     params = {"n": int(n), "seed": int(seed), "width": int(width), "height": int(height),
               "generator": GENERATOR_VERSION}
-    if _read_json(out / "world.json") == params:
+    if read_json(out / "world.json") == params:
         return out
     started = out / ".world.partial.json"
-    if _read_json(started) != params:
+    if read_json(started) != params:
         ours = (out / "world.json").exists() or started.exists()
         if out.exists() and any(out.iterdir()) and not ours:
             raise FileExistsError(f"{out} is not empty and holds no synthetic world; refusing to overwrite")
         for name in ("images", "masks"):
             shutil.rmtree(out / name, ignore_errors=True)
         out.mkdir(parents=True, exist_ok=True)
-        _atomic(started, lambda p: p.write_text(json.dumps(params)))
+        write_json(started, params)
     (out / "world.json").unlink(missing_ok=True)
     for cls in (HEALTHY, *DEFECT_KINDS):
         (out / "images" / cls).mkdir(parents=True, exist_ok=True)
@@ -627,14 +623,14 @@ def write_world(out_dir, n: int, seed: int = 0, width: int = 128, height: int = 
         sample = render_sample(item_rng(seed, i), width, height)
         rel = f"images/{sample.primary}/{sid}.jpg"
         if not (out / rel).exists():
-            _atomic(out / rel, lambda p: sample.image.save(p, format="JPEG", quality=JPEG_QUALITY))
+            atomic_write(out / rel, lambda p: sample.image.save(p, format="JPEG", quality=JPEG_QUALITY))
         mask_path = out / "masks" / f"{sid}.npz"
         if not mask_path.exists():
-            _atomic(mask_path, lambda p: _save_npz(p, sample.masks))
+            atomic_write(mask_path, lambda p: _save_npz(p, sample.masks))
         rows.append({"id": sid, "path": rel, "fruit": sample.fruit, "primary": sample.primary,
                      "defects": ";".join(sample.defects)})
-    _atomic(out / "labels.csv", lambda p: pd.DataFrame(rows).to_csv(p, index=False))
-    _atomic(out / "world.json", lambda p: p.write_text(json.dumps(params, indent=1)))
+    atomic_write(out / "labels.csv", lambda p: pd.DataFrame(rows).to_csv(p, index=False))
+    write_json(out / "world.json", params)
     started.unlink(missing_ok=True)
     return out
 
@@ -649,3 +645,42 @@ def load_masks(world_dir, id) -> dict[str, np.ndarray]:
     sid = id if isinstance(id, str) else f"{int(id):06d}"
     with np.load(Path(world_dir) / "masks" / f"{sid}.npz") as z:
         return {k: z[k].astype(bool) for k in z.files}
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """'128' -> (128, 128); '160x120' -> (160, 120) as (width, height)."""
+    try:
+        parts = [int(p) for p in text.lower().split("x")]
+    except ValueError:
+        parts = []
+    if len(parts) == 1:
+        parts *= 2
+    if len(parts) != 2 or min(parts) < 16:
+        raise argparse.ArgumentTypeError(f"size must be N or WxH with sides >= 16, got {text!r}")
+    return parts[0], parts[1]
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default="checkpoints/world",
+                    help="output folder: images/<class>/<id>.jpg, masks/<id>.npz, labels.csv, world.json "
+                         "(default: %(default)s)")
+    ap.add_argument("--n", type=int, default=2000, help="number of images (default: %(default)s)")
+    ap.add_argument("--seed", type=int, default=0,
+                    help="random seed; the same seed and size give identical images (default: %(default)s)")
+    ap.add_argument("--size", type=parse_size, default=(128, 128), metavar="N|WxH",
+                    help="image size in pixels, square N or width x height (default: 128)")
+    ap.add_argument("--quiet", action="store_true", help="no progress bar")
+    args = ap.parse_args(argv)
+    if args.n < 1:
+        ap.error("--n must be at least 1")
+    start = time.perf_counter()
+    out = write_world(args.out, args.n, seed=args.seed, width=args.size[0], height=args.size[1],
+                      progress=not args.quiet)
+    counts = load_truth(out)["primary"].value_counts()
+    print(f"{out}: {args.n} images in {time.perf_counter() - start:.1f}s")
+    print(", ".join(f"{k} {v}" for k, v in counts.items()))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,7 +1,6 @@
 """The offline demo: CLIP pretraining on a synthetic world, the whole reduced build chain, eval scoring."""
 import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -10,14 +9,12 @@ import torch
 
 from models.clip import CLIPW
 from models.lm import CACHE_DIR
-from train.build_demo import build_demo, is_complete
-from train.pretrain_clip import (PretrainOptions, build_clip, load_defect_masks, patch_targets, pretrain_clip,
+from demo import evaluate as eval_demo
+from demo.build import build_demo, is_complete
+from demo.pretrain_clip import (PretrainOptions, build_clip, load_defect_masks, patch_targets, pretrain_clip,
                                  prompt_targets, text_tokens, train_loss)
 from utils.knowledge import load_knowledge
-from utils.synthetic import load_truth, write_world
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-import eval_demo  # noqa: E402
+from demo.world import load_truth, write_world
 
 TINY_CLIP = dict(image_size=32, patch_size=8, width=32, layers=2, heads=2, text_width=32, text_layers=1,
                  embed_dim=32, batch_size=16, lr=3e-3, text_warmup=20)
@@ -57,7 +54,7 @@ def test_gradcam_loss_moves_the_explainers_gradcam_onto_the_defect(world):
     main defect point into that defect's mask."""
     from models.explain import Explainer
     from models.faithfulness import pointing_game
-    from utils.synthetic import load_masks
+    from demo.world import load_masks
 
     torch.manual_seed(0)
     kb = load_knowledge("fruit")
@@ -88,7 +85,7 @@ def test_gradcam_loss_moves_the_explainers_gradcam_onto_the_defect(world):
     explainer = Explainer(clip)
     for i, row in truth.iterrows():
         primary = kb.ids()[int((targets[i] * (1 - healthy)).argmax())]
-        saliency = explainer.gradcam(pixels[i:i + 1], kb.sentences(), indices=[kb.index(primary)])[0]
+        saliency = explainer.prompt_maps(pixels[i:i + 1], kb.sentences(), indices=[kb.index(primary)])[0]
         assert pointing_game(saliency, load_masks(world, row["id"])[primary]), row["id"]
 
 
@@ -112,7 +109,7 @@ def test_pretrained_clip_loads_like_a_real_one_and_beats_chance(world, tmp_path)
 
 
 def test_pretraining_resumes_after_the_last_finished_epoch(world, tmp_path, monkeypatch):
-    from train import pretrain_clip as module
+    from demo import pretrain_clip as module
 
     options = dict(TINY_CLIP, epochs=2)
     whole = pretrain_clip(world, tmp_path / "whole", "fruit", progress=False, **options)
@@ -126,7 +123,7 @@ def test_pretraining_resumes_after_the_last_finished_epoch(world, tmp_path, monk
     with pytest.raises(KeyboardInterrupt):
         pretrain_clip(world, tmp_path / "clip", "fruit", progress=False, **options)
     monkeypatch.setattr(module, "_save_progress", save)
-    assert json.loads((tmp_path / "clip.partial" / "progress.json").read_text())["epoch"] == 1
+    assert json.loads((tmp_path / "clip.partial" / "state.json").read_text())["epoch"] == 1
     resumed = pretrain_clip(world, tmp_path / "clip", "fruit", progress=False, **options)
     assert not (tmp_path / "clip.partial").exists()
     a, b = CLIPW.from_pretrained(whole, device="cpu"), CLIPW.from_pretrained(resumed, device="cpu")

@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from utils import synthetic
-from utils.synthetic import (DEFECT_KINDS, FRUITS, HEALTHY, item_rng, load_masks, load_truth,
+from demo import world as synthetic
+from demo.world import (DEFECT_KINDS, FRUITS, HEALTHY, item_rng, load_masks, load_truth,
                              render_sample, write_world)
 
 
@@ -16,6 +16,7 @@ def test_render_is_deterministic():
     a = render_sample(item_rng(7, 0))
     b = render_sample(item_rng(7, 0))
     c = render_sample(item_rng(7, 1))
+    # bitwise: the generator promises one seed draws one image (the same code path, twice, on one machine)
     assert np.array_equal(np.asarray(a.image), np.asarray(b.image))
     assert (a.fruit, a.defects) == (b.fruit, b.defects)
     assert all(np.array_equal(a.masks[k], b.masks[k]) for k in a.defects)
@@ -80,7 +81,7 @@ def test_world_layout_and_labels(world):
 def test_world_is_deterministic(world, tmp_path):
     again = write_world(tmp_path / "again", 16, seed=3, width=64, height=64, progress=False)
     assert (again / "labels.csv").read_bytes() == (world / "labels.csv").read_bytes()
-    for row in load_truth(world).itertuples():
+    for row in load_truth(world).itertuples():  # bitwise: a seeded world is the same files on one machine
         assert np.array_equal(np.asarray(Image.open(world / row.path)), np.asarray(Image.open(again / row.path)))
 
 

