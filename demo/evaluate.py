@@ -9,7 +9,6 @@ AUC, each beside the same number for random maps (the score of no explanation).
 """
 import argparse
 import os
-import re
 import subprocess
 import sys
 import tempfile
@@ -25,13 +24,10 @@ from tqdm.auto import tqdm  # noqa: E402
 
 from demo.world import load_masks, load_truth, write_world  # noqa: E402
 from models.clip import CLIPW  # noqa: E402
+from utils.caption_words import HEALTHY_WORDS, named_defects, words  # noqa: E402
 from utils.knowledge import load_knowledge  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-
-HEALTHY_WORDS = {"fresh", "healthy", "unblemished", "ripe"}
-# Words that name no defect: a caption naming a defect must contain all of its prompt's other words.
-FILLER = {"a", "an", "the", "with", "in", "of", "and", "skin", "fruit", "photo"}
 
 
 def held_out_world(directory, n, seed, size=128):
@@ -70,22 +66,12 @@ def clip_scores(probabilities, truth, knowledge):
     }
 
 
-def key_words(text):
-    return set(re.findall(r"[a-z]+", text.lower())) - FILLER
-
-
-def named_defects(caption, knowledge):
-    """Ids of the defect prompts whose words (fillers aside) all appear in the caption."""
-    words = set(re.findall(r"[a-z]+", caption.lower()))
-    return [p.id for p in knowledge.prompts if not p.healthy and key_words(p.text) <= words]
-
-
 def caption_correct(caption, primary, knowledge, defects=None):
     """A defect item's caption names its primary defect (with `defects`, any of them); a healthy item's
     says fresh/healthy and names no defect."""
     named = named_defects(caption, knowledge)
     if primary == "healthy":
-        return not named and bool(HEALTHY_WORDS & set(re.findall(r"[a-z]+", caption.lower())))
+        return not named and bool(HEALTHY_WORDS & words(caption))
     return bool(set(named) & set(defects)) if defects else primary in named
 
 

@@ -1,0 +1,38 @@
+"""Which knowledge-base descriptions a caption names: the one matcher the app, the caption check and the
+demo bench share.
+
+A caption names a prompt when it holds all of the prompt's words apart from fillers ("a", "with", "skin",
+the domain noun), in any order and with any product noun around them: "An apple with green mold and a
+brown bruise" names green_mold and bruise. Matching words, not whole phrases, keeps it robust to how a
+captioner phrases things; a negation ("no mold") is not understood.
+"""
+import re
+
+HEALTHY_WORDS = frozenset({"fresh", "healthy", "unblemished", "ripe"})
+FILLER = frozenset({"a", "an", "the", "with", "in", "of", "and", "skin", "fruit", "photo"})
+
+
+def words(text):
+    return set(re.findall(r"[a-z]+", str(text).lower()))
+
+
+def key_words(text, domain=""):
+    """The words of a prompt that must appear for a caption to name it."""
+    return words(text) - FILLER - words(domain)
+
+
+def named_prompts(caption, knowledge, healthy=False):
+    """Ids of the defect prompts (or, with healthy=True, the healthy ones) the caption names, in file order."""
+    said = words(caption)
+    return [p.id for p in knowledge.prompts
+            if p.healthy == healthy and key_words(p.text, knowledge.domain) and
+            key_words(p.text, knowledge.domain) <= said]
+
+
+def named_defects(caption, knowledge):
+    return named_prompts(caption, knowledge)
+
+
+def says_healthy(caption, knowledge):
+    """The caption calls the item good: a healthy word ("fresh") or a healthy prompt's words."""
+    return bool(HEALTHY_WORDS & words(caption)) or bool(named_prompts(caption, knowledge, healthy=True))
