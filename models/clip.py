@@ -92,6 +92,14 @@ class CLIPW(nn.Module):
         return F.normalize(pooled(features), dim=-1)
 
     @torch.no_grad()
+    def layer_features(self, pixel_values, layer=None):
+        """Mean patch token after vision block `layer` (default: the middle one) [B, width]: the image statistics
+        the contrastive embedding discards (models/plausibility.py compares them with the training photos')."""
+        layer = self.model.config.vision_config.num_hidden_layers // 2 if layer is None else layer
+        out = self.model.vision_model(pixel_values=pixel_values.to(self.device), output_hidden_states=True)
+        return out.hidden_states[layer][:, 1:].mean(dim=1).float()
+
+    @torch.no_grad()
     def encode_images(self, images, batch_size=32):
         pixel_values = images if torch.is_tensor(images) else self.pixel_values(images)
         chunks = [self.image_features(chunk) for chunk in pixel_values.split(batch_size)]

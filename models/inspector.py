@@ -1,4 +1,6 @@
-"""One image in; caption, top-k knowledge-base matches, their maps and overlays out (the app and predict.py)."""
+"""One image in; caption, top-k knowledge-base matches, their maps and overlays, and a verdict out (the app and
+predict.py)."""
+import dataclasses
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -7,6 +9,7 @@ from PIL import Image
 from models.clip import CLIPW
 from models.config import GenerationOptions, InspectOptions
 from models.explain import Explainer, explain_image, get_method
+from models.verdict import Calibration, Verdict, judge, load_calibration
 from models.vlm import ClipCaptioner
 from utils.images import DEFAULT_MAX_PIXELS, load_image
 from utils.knowledge import Prompt, load_knowledge
@@ -23,15 +26,20 @@ class Inspection:
     combined: Image.Image
     overlays: list[Image.Image]  # one per top-k prompt, titled "text - 62.3%"
     caption_overlay: Image.Image | None
+    probabilities: np.ndarray = None  # [n prompts] over the whole knowledge base, in file order
+    verdict: Verdict = None  # pass / fail / review with the reasons
 
 
 class Inspector:
     """Holds the models (read-only once loaded); every call to `inspect` is independent."""
 
-    def __init__(self, clip, knowledge, captioner=None, source="", max_pixels=DEFAULT_MAX_PIXELS):
+    def __init__(self, clip, knowledge, captioner=None, source="", max_pixels=DEFAULT_MAX_PIXELS, calibration=None,
+                 statistics=None):
         self.clip, self.knowledge, self.captioner = clip, load_knowledge(knowledge), captioner
         self.source, self.max_pixels = source, max_pixels
         self.sentences = self.knowledge.sentences()
+        # the verdict's thresholds and the calibration photos' feature statistics (models/verdict.py)
+        self.calibration, self.statistics = calibration or Calibration(), statistics
 
     @classmethod
     def load(cls, checkpoint=None, clip=None, lm=None, knowledge=None, device=None, lm_precision="fp32",
@@ -43,7 +51,9 @@ class Inspector:
             return cls(CLIPW.from_pretrained(clip, device), knowledge or "fruit", None, f"zero-shot {clip}",
                        max_pixels)
         captioner = ClipCaptioner.from_pretrained(checkpoint, device, lm_precision, lm=lm)
-        return cls(captioner.clip, knowledge or captioner.config.knowledge, captioner, str(checkpoint), max_pixels)
+        inspector = cls(captioner.clip, knowledge or captioner.config.knowledge, captioner, str(checkpoint), max_pixels)
+        inspector.calibration, inspector.statistics = load_calibration(checkpoint, inspector.knowledge)
+        return inspector
 
     @property
     def caption_maps(self):
@@ -53,7 +63,8 @@ class Inspector:
     def info(self):
         lm = self.captioner.config.lm if self.captioner else "none (zero-shot: knowledge-base summary)"
         return (f"CLIP {self.clip.name} | LM {lm} | bundle {self.source or '-'} | "
-                f"knowledge {self.knowledge.name} ({len(self.sentences)} prompts) | device {self.clip.device}")
+                f"knowledge {self.knowledge.name} ({len(self.sentences)} prompts) | device {self.clip.device} | "
+                f"verdicts {'calibrated' if self.calibration.calibrated else 'not calibrated (default thresholds)'}")
 
     def inspect(self, image, options=None, generation=None, **overrides):
         """One photo -> Inspection. `options` an InspectOptions (keyword overrides change single settings),
@@ -75,7 +86,34 @@ class Inspector:
                                     alpha=options.alpha, alpha_by_prob=options.alpha_by_prob)
         caption_overlay = None if caption_map is None else individual_overlay(
             display, caption_map, f"caption: {caption}", alpha=options.alpha, threshold=options.threshold)
-        return Inspection(caption, top_k, found.maps, caption_map, combined, overlays, caption_overlay)
+        probabilities, verdict = self.assess(picture, found.embedding, caption)
+        return Inspection(caption, top_k, found.maps, caption_map, combined, overlays, caption_overlay, probabilities,
+                          verdict)
+
+    def record(self, found, options=None, generation=None):
+        """What the operator was shown, as plain data: the app's details, a review's row, scripts."""
+        verdict = found.verdict
+        settings = dataclasses.asdict(options or InspectOptions())
+        if generation is not None:
+            settings["generation"] = dataclasses.asdict(generation)
+        return {"caption": found.caption, "verdict": verdict.decision, "verdict_reasons": verdict.reasons,
+                "caption_check": verdict.caption_check, "healthy_mass": round(verdict.healthy_mass, 6),
+                "top_defect": verdict.top_defect, "top_defect_prob": round(verdict.top_defect_prob, 6),
+                "distance": verdict.distance, "calibrated": verdict.calibrated,
+                "top_k": [{"id": p.id, "text": p.text, "prob": round(float(prob), 6)} for p, prob in found.top_k],
+                "bundle": self.source, "knowledge": self.knowledge.name, "settings": settings}
+
+    def assess(self, picture, embedding, caption):
+        """(probabilities over the whole knowledge base, Verdict) for a loaded picture and its CLIP embedding."""
+        import torch
+
+        with torch.no_grad():
+            probabilities = self.clip.probabilities(embedding, self.sentences)[0].float().cpu().numpy()
+        features = None
+        if self.statistics is not None:  # one more forward, for the "far from the training photos" check
+            features = self.clip.layer_features(self.clip.preprocess(picture), self.calibration.inputs.feature_layer)
+        return probabilities, judge(picture, features, probabilities, caption, self.knowledge, self.calibration,
+                                    self.statistics)
 
     def _caption(self, picture, embedding, top_k, with_caption_map, generation):
         if self.captioner is None:

@@ -14,6 +14,7 @@ from models.clip import CLIPW
 from models.config import CaptionerConfig, GenerationOptions
 from models.lm import load_lm, set_precision, set_trainable
 from models.mapper import build_mapper
+from models.verdict import BUNDLE_FILES
 from utils.files import load_safetensors, read_json_strict, staged_directory
 
 _GLOBAL_RNG_LOCK = threading.Lock()
@@ -36,6 +37,7 @@ class ClipCaptioner(nn.Module):
                                      lm_dim=lm.get_input_embeddings().embedding_dim)  # the caller's stays as it was
         self.clip, self.lm, self.tokenizer, self.config = clip, lm, tokenizer, config
         self.lm_precision = "fp32"
+        self.companions = {}  # name -> bytes: the bundle's calibration files, written again with the bundle
         self.mapper = build_mapper(
             config.mapper, config.clip_dim, config.lm_dim, config.prefix_length, config.mapper_hidden or None,
             config.clip_length, config.mapper_layers, config.mapper_heads,
@@ -173,6 +175,19 @@ class ClipCaptioner(nn.Module):
             if self.config.lm_mode != "frozen":
                 self.lm.save_pretrained(staging / "lm")
                 self.tokenizer.save_pretrained(staging / "lm")
+            for name, data in {**read_companions(directory), **self.companions}.items():
+                (staging / name).write_bytes(data)  # a re-saved bundle keeps its calibration
+
+    def init_mapper_from(self, bundle):
+        """Start from another bundle's mapper (same CLIP and sizes), and take over its calibration files:
+        the thresholds depend on CLIP and the knowledge base only (retraining on corrections)."""
+        bundle = Path(bundle)
+        if (bundle / "lm").is_dir():
+            raise ValueError(f"{bundle} carries a fine-tuned LM; continuing from it is not supported (frozen-LM "
+                             "bundles only)")
+        _load_mapper(self.mapper, bundle / "mapper.safetensors", self.config)
+        self.companions = read_companions(bundle)
+        return self
 
     @classmethod
     def from_pretrained(cls, directory, device=None, lm_precision="fp32", lm=None):
@@ -180,11 +195,8 @@ class ClipCaptioner(nn.Module):
         damaged or mismatched file is named in the error."""
         directory = Path(directory)
         config_path = directory / "config.json"
-        if not config_path.is_file():
-            raise FileNotFoundError(f"{directory} is not a captioner bundle (no config.json)")
-        config = CaptionerConfig.from_dict(read_json_strict(config_path, "bundle config"), str(config_path))
-        clip_source = directory / config.clip if (directory / config.clip).is_dir() else config.clip
-        clip = CLIPW.from_pretrained(clip_source, device)
+        config = read_config(directory)
+        clip = CLIPW.from_pretrained(clip_source(directory, config), device)
         if lm is not None and (directory / "lm").is_dir():
             raise ValueError(f"{directory} carries its own fine-tuned LM; it cannot be swapped for '{lm}'")
         config = dataclasses.replace(config, lm=lm or config.lm)
@@ -194,7 +206,35 @@ class ClipCaptioner(nn.Module):
         _load_mapper(captioner.mapper, directory / "mapper.safetensors", captioner.config)
         captioner.eval().requires_grad_(False)
         captioner.set_precision(lm_precision)
+        captioner.companions = read_companions(directory)
         return captioner
+
+
+def read_config(directory):
+    """A bundle's CaptionerConfig; a missing or damaged config.json is named."""
+    config_path = Path(directory) / "config.json"
+    if not config_path.is_file():
+        raise FileNotFoundError(f"{directory} is not a captioner bundle (no config.json)")
+    return CaptionerConfig.from_dict(read_json_strict(config_path, "bundle config"), str(config_path))
+
+
+def clip_source(directory, config):
+    """Where a bundle's CLIP is: its own clip/ folder (self-contained) or the id / path its config names."""
+    inside = Path(directory) / config.clip
+    return inside if inside.is_dir() else config.clip
+
+
+def make_self_contained(bundle, device=None):
+    """Copy CLIP into a finished bundle (train/train.py does it once, at the end, rather than every epoch:
+    CLIP is ~600 MB); its calibration files stay."""
+    bundle = Path(bundle)
+    if (bundle / "config.json").is_file() and not (bundle / "clip").is_dir():
+        ClipCaptioner.from_pretrained(bundle, device=device).save_pretrained(bundle, include_clip=True)
+
+
+def read_companions(directory):
+    """The calibration files (models/verdict.py) a bundle directory holds, as bytes by name."""
+    return {name: (Path(directory) / name).read_bytes() for name in BUNDLE_FILES if (Path(directory) / name).is_file()}
 
 
 def _clean(text):

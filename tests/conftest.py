@@ -4,8 +4,10 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from PIL import Image  # noqa: E402
 
 torch.set_num_threads(1)  # tiny models: thread start-up costs more than it gains, worse on a shared machine
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, OPTConfig, OPTForCausalLM  # noqa: E402,E501
@@ -21,6 +23,12 @@ CAPTIONS = [
     "a lemon with a cut in the skin and white mold.",
 ]
 PROMPTS = ["smooth skin", "green mold", "a bruise", "dark spots", "a cut in the skin", "white mold"]
+
+
+def smooth_photo(seed, size=(64, 48)):
+    """A smooth random picture (compresses like a photo, unlike pure noise)."""
+    small = np.random.default_rng(seed).integers(0, 256, (4, 4, 3), dtype=np.uint8)
+    return Image.fromarray(small).resize(size, Image.BICUBIC)
 
 
 def word_tokenizer():

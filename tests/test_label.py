@@ -6,6 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import smooth_photo
 from models.clip import CLIPW, make_word_tokenizer, tiny_clip_config
 from train import label
 from train.label import apply_class_prior, label_folder, load_class_prior
@@ -29,10 +30,7 @@ def clip():
     return CLIPW.from_config(tiny_clip_config(vocab_size=len(tokenizer)), tokenizer, device="cpu")
 
 
-def photo(seed, size=(64, 48)):
-    """A smooth random picture (compresses like a photo, unlike pure noise)."""
-    small = np.random.default_rng(seed).integers(0, 256, (4, 4, 3), dtype=np.uint8)
-    return Image.fromarray(small).resize(size, Image.BICUBIC)
+photo = smooth_photo
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,5 @@
-"""What a training run reports each epoch: metrics.csv (one row per epoch) and curves.png (one panel per group)."""
+"""What runs report: a training run's metrics.csv (one row per epoch) and curves.png (one panel per group), and a
+calibration's risk-coverage table and plot."""
 from pathlib import Path
 
 from utils.files import atomic_write
@@ -29,8 +30,38 @@ def plot_history(history, path, panels):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.legend()
+    save_figure(fig, path)
+
+
+def save_figure(fig, path):
+    """A matplotlib figure as a PNG, written atomically; the figure is closed either way."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     try:
         atomic_write(Path(path), lambda p: fig.savefig(p, format="png", dpi=100))
     finally:
         plt.close(fig)
+
+
+def plot_risk_coverage(rows, path, chosen=None, baselines=None):
+    """Error among the items decided automatically against the share decided (coverage), one point per row of
+    utils.calibration.risk_coverage; `chosen` (a row) is the calibrated point, `baselines` its reference lines."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    ax.plot([r["coverage"] for r in rows], [r["error"] for r in rows], marker="o", label="verdict (pass/fail/review)")
+    if chosen:
+        ax.scatter([chosen["coverage"]], [chosen["error"]], s=120, color="red", zorder=3, label="calibrated")
+    for name, value in (baselines or {}).items():
+        ax.axhline(value, linestyle="--", color="grey" if "majority" in name else "orange",
+                   label=name.replace("_", " "))
+    ax.set_xlabel("coverage (share decided without a human)")
+    ax.set_ylabel("error among the decided")
+    ax.set_xlim(0, 1.02)
+    ax.set_ylim(bottom=0)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    save_figure(fig, path)
