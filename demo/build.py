@@ -1,11 +1,13 @@
-"""Build the offline demo bundle: synthetic world -> small CLIP -> auto-labels -> mapper on frozen SmolLM2.
+"""Build the offline demo bundle: synthetic world -> small CLIP -> auto-labels -> mapper on frozen SmolLM2 ->
+verdict calibration.
 
     python -m demo.build                           # checkpoints/demo (`make demo`), about 10 minutes on 2 cores
     python -m demo.build --quick --out /tmp/demo   # a tiny chain in well under a minute (tests)
 
 The recipe is data (demo/recipe.yaml). The labels and the mapper are made by the product's own scripts,
-run as a user runs them (train/label.py, train/train.py). Work goes to OUT-world (the synthetic world) and
-OUT-work (clip/, labels/, mapper/); the finished bundle (self-contained: its CLIP inside as clip/, weights
+run as a user runs them (train/label.py, train/train.py, train/calibrate.py on a second world drawn with
+another seed). Work goes to OUT-world (the synthetic world) and OUT-work (clip/, labels/, mapper/,
+calibration-world/, calibration/); the finished bundle (self-contained: its CLIP inside as clip/, weights
 stored in fp16 so the repository can carry it) is moved into OUT in one step, with demo.json (recipe and
 timings) in it. Every stage is skipped when its output is complete and resumes when it was interrupted; a
 stage whose inputs changed (e.g. the CLIP was retrained) is redone, and so is everything after it.
@@ -44,6 +46,8 @@ class Recipe:
     top_k: int
     lm: str
     mapper: dict  # train/train.py options
+    calibration_world: dict  # size, seed: the labeled validation world the verdict is calibrated on
+    calibration: dict  # train/calibrate.py options
 
 
 def load_recipe(name):
@@ -80,10 +84,10 @@ def stage(directory, key, run, name):
 
 
 def is_complete(out):
-    """A finished bundle: demo.json (written last) next to config.json, the mapper and the CLIP."""
+    """A finished bundle: demo.json (written last) next to config.json, the mapper, the CLIP and the calibration."""
     out = Path(out)
     return all((out / name).exists() for name in (INFO_FILE, "config.json", "mapper.safetensors",
-                                                  "clip/config.json"))
+                                                  "clip/config.json", "calibration.json"))
 
 
 def build_demo(out=DEFAULT_OUT, quick=False, recipe=None, progress=True) -> Path:
@@ -117,6 +121,7 @@ def build_demo(out=DEFAULT_OUT, quick=False, recipe=None, progress=True) -> Path
     seconds["mapper"] = stage(mapper_dir, mapper_key, lambda: _script(
         "train.py", labels_dir, "--out", mapper_dir, "--lm", recipe.lm, "--include-clip", "--resume",
         *_flags(recipe.mapper), progress=progress), "mapper")
+    seconds["calibration"] = _calibrate(work, mapper_dir / "best", recipe, mapper_key, progress)
 
     seconds = {k: round(v, 1) for k, v in seconds.items()}
     info = {"recipe": as_plain(recipe), "seconds": seconds, "clip": read_json(clip_dir / SETTINGS_FILE),
@@ -125,6 +130,18 @@ def build_demo(out=DEFAULT_OUT, quick=False, recipe=None, progress=True) -> Path
     print(f"demo bundle ready: {out} ({info['total_seconds']:.0f}s: "
           + ", ".join(f"{k} {v:.0f}s" for k, v in seconds.items()) + ")")
     return out
+
+
+def _calibrate(work, bundle, recipe, mapper_key, progress):
+    """The verdict's thresholds and input checks, fitted on a world the CLIP and the mapper never saw."""
+    world = work / "calibration-world"
+    started = time.perf_counter()
+    write_world(world, recipe.calibration_world["size"], seed=recipe.calibration_world["seed"],
+                width=recipe.world_px, height=recipe.world_px, progress=progress)
+    key = fingerprint(mapper_key, recipe.calibration_world, recipe.calibration)
+    return time.perf_counter() - started + stage(work / "calibration", key, lambda: _script(
+        "calibrate.py", "--bundle", bundle, "--images", world / "images", "--workers", 0,
+        *_flags(recipe.calibration), progress=progress), "calibration")
 
 
 def _flags(options):

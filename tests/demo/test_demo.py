@@ -144,7 +144,10 @@ def test_quick_build_makes_a_bundle_that_captions(tmp_path):
     config = json.loads((out / "config.json").read_text())
     assert config["clip"] == "clip" and config["lm"] == "smollm2"
     info = json.loads((out / "demo.json").read_text())
-    assert set(info["seconds"]) == {"world", "clip", "labels", "mapper"}
+    assert set(info["seconds"]) == {"world", "clip", "labels", "mapper", "calibration"}
+    calibration = json.loads((out / "calibration.json").read_text())
+    assert calibration["calibrated"] and 0.5 <= calibration["t_pass"] <= 1 and calibration["report"]["items"] == 30
+    assert (out / "input_statistics.safetensors").is_file() and (out / "risk_coverage.png").is_file()
     captioner = ClipCaptioner.from_pretrained(out, device="cpu")
     image = next((tmp_path / "demo-world" / "images").rglob("*.jpg"))
     caption = captioner.generate(images=[image], max_new_tokens=8)
