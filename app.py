@@ -3,6 +3,7 @@
     python app.py                          # the offline demo bundle (checkpoints/demo)
     python app.py --checkpoint DIR         # a trained bundle
     python app.py --clip ID_OR_DIR         # zero-shot: the caption is the knowledge base's summary
+    python app.py --review-dir reviews/    # where operators' flags and corrections are kept
 
 The Inspector does the work; this file declares the UI, wires the events and parses the flags. Settings
 reach the handlers by name (the names of models.config.InspectOptions and GenerationOptions, which are
@@ -26,14 +27,19 @@ from utils.options import add_arguments, from_namespace
 
 ROOT = Path(__file__).resolve().parent
 DEMO_BUNDLE = ROOT / "checkpoints" / "demo"
+DEFAULT_REVIEW_DIR = ROOT / "checkpoints" / "reviews"
 EXAMPLES = ROOT / "media" / "examples"
 PIXELS_PER_MB = 4_000_000  # 16 MB -> 64 MP, the image loader's own default limit
 DEFAULT_MAX_IMAGE_MB = 16
-BATCH_COLUMNS = ["file", "caption", "top defect", "probability", "error"]
+BATCH_COLUMNS = ["file", "verdict", "caption", "reason", "caption check", "top defect", "probability", "error"]
 REQUEST_DIR_MAX_AGE = 3600  # seconds; Gradio has copied a result file into its cache long before
 CSS = """
 #caption textarea {font-size: 1.45rem; font-weight: 600; line-height: 1.35;}
 #model-info {font-size: 0.85rem; opacity: 0.75;}
+.verdict {padding: 0.5rem 0.8rem; border-radius: 0.5rem; font-size: 1.05rem; line-height: 1.4;}
+.verdict b {font-size: 1.25rem; letter-spacing: 0.05em; margin-right: 0.5rem;}
+.verdict-pass {background: #d1fae5; color: #065f46;} .verdict-fail {background: #fee2e2; color: #991b1b;}
+.verdict-review {background: #fef3c7; color: #92400e;}
 .wide-gallery .thumbnail-item {aspect-ratio: auto;}
 .wide-gallery .grid-wrap {height: auto !important; max-height: none !important;}
 .wide-gallery .grid-container {padding-top: 2.4rem;}
@@ -41,8 +47,10 @@ CSS = """
 log = logging.getLogger("clipcap-xai")
 
 
-def build_app(inspector, *, examples=None, concurrency=1, max_image_mb=DEFAULT_MAX_IMAGE_MB, max_queue=64):
-    """The Blocks UI over one loaded Inspector, whose models every request shares read-only."""
+def build_app(inspector, *, examples=None, concurrency=1, max_image_mb=DEFAULT_MAX_IMAGE_MB, max_queue=64,
+              review_dir=DEFAULT_REVIEW_DIR):
+    """The Blocks UI over one loaded Inspector, whose models every request shares read-only; operators'
+    reviews go to `review_dir` (utils/reviews.py)."""
     import gradio as gr
 
     examples = sorted(str(p) for p in EXAMPLES.glob("*.jpg")) if examples is None else list(examples)
@@ -59,6 +67,7 @@ def build_app(inspector, *, examples=None, concurrency=1, max_image_mb=DEFAULT_M
         with gr.Tabs():
             with gr.Tab("Inspect"):
                 one = _inspect_tab(has_lm, examples, max_image_mb)
+                one.review = _review_panel(inspector.knowledge)
             with gr.Tab("Batch"):
                 many = _batch_tab()
 
@@ -68,7 +77,7 @@ def build_app(inspector, *, examples=None, concurrency=1, max_image_mb=DEFAULT_M
                                print_exception=False)
             return _explain(inspector, image, *_options(values, inspector))
 
-        def batch(files, progress=gr.Progress(), **values):
+        def batch(files, only_review=False, progress=gr.Progress(), **values):
             if not files:
                 raise gr.Error("Add some photos first.", print_exception=False)
             options, generation = _options(values, inspector)
@@ -76,16 +85,19 @@ def build_app(inspector, *, examples=None, concurrency=1, max_image_mb=DEFAULT_M
                     for item in progress.tqdm(files, desc="Inspecting")]
             frame = _frame(row for row, _ in rows)
             gallery = [(picture, row[0]) for row, picture in rows if picture is not None]
-            return frame, _write_csv(frame, requests), gallery
+            return _needing_review(frame, only_review), _write_csv(frame, requests), gallery, frame
 
         # preprocess=False: uploads arrive as paths (already checked into Gradio's cache) for the Inspector's own
         # loader, whose size limits and clear messages beat Gradio's generic decode errors
         shared = dict(preprocess=False, concurrency_id="model")  # one limit over both: they share the models
         one.run.click(explain, [one.image], inputs_kwargs=settings, api_name="explain", **shared,
-                      outputs=[one.caption, one.top, one.combined, one.overlays, one.caption_overlay])
+                      outputs=[one.caption, one.top, one.combined, one.overlays, one.caption_overlay, one.verdict,
+                               one.details])
         batch_settings = {name: box for name, box in settings.items() if name != "caption_map"}
-        many.run.click(batch, [many.files], inputs_kwargs=batch_settings, api_name="batch", **shared,
-                       outputs=[many.table, many.csv, many.gallery])
+        many.run.click(batch, [many.files, many.only_review], inputs_kwargs=batch_settings, api_name="batch",
+                       **shared, outputs=[many.table, many.csv, many.gallery, many.frame])
+        many.only_review.change(_needing_review, [many.frame, many.only_review], many.table, api_visibility="private")
+        _wire_review(inspector, one, review_dir)
     return app.queue(default_concurrency_limit=concurrency, max_size=max_queue)
 
 
@@ -174,6 +186,7 @@ def _inspect_tab(has_lm, examples, max_image_mb):
         with gr.Column(scale=3):
             caption = gr.Textbox(label="Caption" if has_lm else "Caption (zero-shot: knowledge-base summary)",
                                  lines=2, interactive=False, elem_id="caption", buttons=["copy"])
+            verdict = _verdict_badge()
             with gr.Row(equal_height=False):
                 combined = gr.Image(label="Where each description shows", interactive=False, elem_id="combined",
                                     scale=3)
@@ -185,8 +198,10 @@ def _inspect_tab(has_lm, examples, max_image_mb):
                 caption_overlay = gr.Image(show_label=False, interactive=False, elem_id="caption-map")
     overlays = gr.Gallery(label="Each description (photo | heat map)", columns=3, height="auto", object_fit="contain",
                           fit_columns=False, elem_id="overlays", elem_classes="wide-gallery")
+    with gr.Accordion("Details (JSON: verdict, top-k, settings; what a review stores)", open=False):
+        details = gr.JSON(label="Details", elem_id="details", show_label=False)
     return SimpleNamespace(image=image, run=run, caption=caption, combined=combined, top=top,
-                           caption_overlay=caption_overlay, overlays=overlays)
+                           caption_overlay=caption_overlay, overlays=overlays, verdict=verdict, details=details)
 
 
 def _batch_tab():
@@ -194,17 +209,20 @@ def _batch_tab():
 
     files = gr.File(file_count="multiple", label="Photos", elem_id="batch-files")
     run = gr.Button("Inspect all", variant="primary", elem_id="run-batch")
-    table = gr.Dataframe(headers=BATCH_COLUMNS, datatype=["str", "str", "str", "number", "str"], interactive=False,
+    only_review = gr.Checkbox(False, label="Show only the items that need review", elem_id="only-review")
+    table = gr.Dataframe(headers=BATCH_COLUMNS, datatype=["str"] * 6 + ["number", "str"], interactive=False,
                          wrap=True, label="Results", elem_id="batch-table",
-                         column_widths=["16%", "38%", "16%", "10%", "20%"])
+                         column_widths=["11%", "7%", "22%", "20%", "14%", "10%", "7%", "9%"])
     csv = gr.File(label="Results as CSV", interactive=False, elem_id="batch-csv")
     gallery = gr.Gallery(label="Combined overlays", columns=4, height="auto", object_fit="contain",
                          fit_columns=False, elem_id="batch-gallery", elem_classes="wide-gallery")
-    return SimpleNamespace(files=files, run=run, table=table, csv=csv, gallery=gallery)
+    return SimpleNamespace(files=files, run=run, table=table, csv=csv, gallery=gallery, only_review=only_review,
+                           frame=gr.State())
 
 
 def _explain(inspector, image, options, generation):
-    """One photo -> (caption, {description: probability}, combined overlay, [(overlay, title)], caption overlay)."""
+    """One photo -> (caption, {description: probability}, combined overlay, [(overlay, title)], caption overlay,
+    verdict badge, details for a review)."""
     import gradio as gr
 
     from utils.plot import title_for
@@ -217,7 +235,73 @@ def _explain(inspector, image, options, generation):
                        print_exception=False) from None
     top = {prompt.text: float(prob) for prompt, prob in found.top_k}
     gallery = [(picture, title_for(prompt.text, prob)) for picture, (prompt, prob) in zip(found.overlays, found.top_k)]
-    return found.caption, top, found.combined, gallery, found.caption_overlay
+    return (found.caption, top, found.combined, gallery, found.caption_overlay, _verdict_html(found.verdict),
+            inspector.record(found, options, generation))
+
+
+def _verdict_badge():
+    import gradio as gr
+
+    return gr.HTML("", elem_id="verdict", label="Verdict")
+
+
+def _verdict_html(verdict):
+    """The verdict as the coloured badge under the caption: PASS / FAIL / REVIEW and why."""
+    import html
+
+    reasons = "<br>".join(html.escape(reason) for reason in verdict.reasons)
+    return f'<div class="verdict verdict-{verdict.decision}"><b>{verdict.decision.upper()}</b> {reasons}</div>'
+
+
+def _review_panel(knowledge):
+    """The compact flag/correct panel under the results: right or wrong, what really applies, a better caption."""
+    import gradio as gr
+
+    with gr.Group(elem_id="review"):
+        gr.Markdown("**Review this result**: mark it, tick what really applies, correct the caption; it is saved "
+                    "with the photo for the next model")
+        with gr.Row(equal_height=False):
+            judgement = gr.Radio([("Right", "right"), ("Wrong", "wrong")], label="The result is", scale=1,
+                                 elem_id="review-judgement")
+            descriptions = gr.CheckboxGroup([(p.text, p.id) for p in knowledge.prompts], scale=3,
+                                            label="Descriptions that really apply", elem_id="review-descriptions")
+        with gr.Row(equal_height=False):
+            caption = gr.Textbox(label="Corrected caption (optional)", placeholder="what the caption should say",
+                                 scale=3, elem_id="review-caption")
+            note = gr.Textbox(label="Note (optional)", scale=2, elem_id="review-note")
+            save = gr.Button("Save review", scale=1, elem_id="review-save")
+        status = gr.Markdown(elem_id="review-status")
+    return SimpleNamespace(judgement=judgement, descriptions=descriptions, caption=caption, note=note, save=save,
+                           status=status)
+
+
+def _wire_review(inspector, one, review_dir):
+    """Gradio's flagging pattern for Blocks: callback.setup(components, directory), a button calls flag()."""
+    import gradio as gr
+
+    from utils.flagging import ReviewCallback
+    from utils.reviews import ReviewError
+
+    review, callback = one.review, ReviewCallback(inspector.knowledge)
+    fields = [one.image, one.details, review.judgement, review.descriptions, review.caption, review.note]
+    callback.setup(fields, str(review_dir))
+
+    def flag(image, details, judgement, descriptions, corrected_caption, note, request: gr.Request):
+        if image is None or not details:
+            raise gr.Error("Inspect a photo first, then review its result.", print_exception=False)
+        try:
+            count = callback.flag([_upload(image), details, judgement, descriptions, corrected_caption, note],
+                                  username=getattr(request, "username", None))
+        except ReviewError as error:
+            raise gr.Error(_clean_message(error, *_upload(image)), title="Review not saved",
+                           print_exception=False) from None
+        return f"Saved: review {count} in {review_dir}"
+
+    # preprocess=False: the upload arrives as the cached file itself, copied byte for byte into the store
+    review.save.click(flag, fields, review.status, api_name="flag", preprocess=False, concurrency_id="review")
+    one.run.click(lambda: (None, [], "", "", ""), None,  # a new inspection starts a fresh review
+                  [review.judgement, review.descriptions, review.caption, review.note, review.status],
+                  api_visibility="private", queue=False)
 
 
 def _model_line(inspector):
@@ -249,13 +333,21 @@ def _batch_row(inspector, item, options, generation):
     try:
         found = inspector.inspect(source, options, generation, caption_map=False)
     except ValueError as error:
-        return [name, "", "", None, _clean_message(error, source, name)], None
+        return [name, "", "", "", "", "", None, _clean_message(error, source, name)], None
     except Exception as error:  # one failing photo must not cost the rest of a long batch
         log.exception("inspecting %s failed", name)
-        return [name, "", "", None, f"failed: {type(error).__name__}: {error}"], None
-    defect = next(((p, prob) for p, prob in found.top_k if not p.healthy), None)
-    top, prob = (defect[0].text, round(float(defect[1]), 4)) if defect else ("none in the top k", None)
-    return [name, found.caption, top, prob, ""], found.combined
+        return [name, "", "", "", "", "", None, f"failed: {type(error).__name__}: {error}"], None
+    verdict = found.verdict
+    agrees = {True: "agrees", False: "disagrees", None: ""}[verdict.caption_agrees]
+    return [name, verdict.decision, found.caption, "; ".join(verdict.reasons), agrees,
+            verdict.top_defect, round(verdict.top_defect_prob, 4), ""], found.combined
+
+
+def _needing_review(frame, only_review):
+    """The batch table, or only its rows a human must look at (review, and files that failed)."""
+    if frame is None or not only_review:
+        return frame
+    return frame[(frame["verdict"] == "review") | (frame["error"] != "")]
 
 
 def _frame(rows):
@@ -308,6 +400,9 @@ def parse_args(argv=None):
     parser.add_argument("--knowledge", metavar="NAME_OR_FILE",
                         help="knowledge base: 'fruit' or a .yaml/.json file (default: the bundle's, else fruit)")
     add_arguments(parser, LoadOptions)
+    parser.add_argument("--review-dir", metavar="DIR", default=str(DEFAULT_REVIEW_DIR),
+                        help="where operators' reviews (flags and corrections, with the photos) are saved "
+                             f"(default {DEFAULT_REVIEW_DIR.relative_to(ROOT)}); train/corrections.py reads it")
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to serve on (default 127.0.0.1, this machine only; 0.0.0.0 for the network)")
     parser.add_argument("--port", type=int, default=7860, help="port to serve on (default 7860)")
@@ -350,7 +445,8 @@ def main(argv=None):
         raise SystemExit(f"error: cannot load the models: {error}") from None
     print(inspector.info())
     _stop_on_sigterm()
-    app = build_app(inspector, concurrency=args.concurrency, max_image_mb=args.max_image_mb)
+    app = build_app(inspector, concurrency=args.concurrency, max_image_mb=args.max_image_mb,
+                    review_dir=args.review_dir)
     launch(app, max_image_mb=args.max_image_mb, server_name=args.host, server_port=args.port, share=args.share,
            auth=args.auth)
 

@@ -17,6 +17,7 @@ from models.clip import CLIPW, make_word_tokenizer, tiny_clip_config
 from models.config import GenerationOptions
 from models.inspector import Inspector
 from utils.knowledge import load_knowledge
+from utils.reviews import ReviewStore
 
 MAX_MB = 1  # small, so a too-large upload is cheap to make
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:gradio.queueing")  # gradio's own pandas use
@@ -30,8 +31,10 @@ def free_port():
 
 
 def serve(inspector, downloads, concurrency=1):
-    """(app, client) for the app launched in this process; close the app when done."""
-    app = app_module.build_app(inspector, concurrency=concurrency, max_image_mb=MAX_MB, examples=[])
+    """(app, client) for the app launched in this process; close the app when done. Reviews go next to the
+    downloads, never into the repository."""
+    app = app_module.build_app(inspector, concurrency=concurrency, max_image_mb=MAX_MB, examples=[],
+                               review_dir=downloads / "reviews")
     _, url, _ = app_module.launch(app, max_image_mb=MAX_MB, server_name="127.0.0.1", server_port=free_port(),
                                   prevent_thread_lock=True, quiet=True)
     try:
@@ -46,9 +49,10 @@ def served(tmp_path_factory):
     captioner = make_tiny_captioner("opt")
     inspector = Inspector(captioner.clip, "fruit", captioner, max_pixels=MAX_MB * app_module.PIXELS_PER_MB)
     # concurrency 4: concurrent requests must really overlap on the shared models
-    app, client = serve(inspector, tmp_path_factory.mktemp("downloads"), concurrency=4)
+    downloads = tmp_path_factory.mktemp("downloads")
+    app, client = serve(inspector, downloads, concurrency=4)
     try:
-        yield SimpleNamespace(client=client, inspector=inspector)
+        yield SimpleNamespace(client=client, inspector=inspector, reviews=downloads / "reviews")
     finally:
         app.close()
 
@@ -72,7 +76,7 @@ def explain(client, path, **options):
 
 
 def test_explain_returns_the_documented_types(served, photos):
-    caption, top, combined, gallery, caption_map = explain(served.client, photos[0], k=3)
+    caption, top, combined, gallery, caption_map, verdict, details = explain(served.client, photos[0], k=3)
     assert isinstance(caption, str) and caption
     confidences = [c["confidence"] for c in top["confidences"]]
     assert len(confidences) == 3 and confidences == sorted(confidences, reverse=True) and sum(confidences) <= 1
@@ -81,10 +85,14 @@ def test_explain_returns_the_documented_types(served, photos):
     assert [item["caption"] for item in gallery] == [f"{c['label']} - {100 * c['confidence']:.1f}%"
                                                      for c in top["confidences"]]
     assert all(Image.open(item["image"]).size[0] > 0 for item in gallery)
+    assert details["verdict"] in ("pass", "fail", "review") and details["caption"] == caption
+    assert f"<b>{details['verdict'].upper()}</b>" in verdict and details["verdict_reasons"][0] in verdict
+    assert [t["text"] for t in details["top_k"]] == [c["label"] for c in top["confidences"]]
+    assert details["settings"]["k"] == 3 and details["settings"]["generation"]["max_new_tokens"] == 4
 
 
 def test_settings_reach_the_inspector(served, photos):
-    _, top, _, gallery, caption_map = explain(served.client, photos[1], k=2, method="relevancy",
+    _, top, _, gallery, caption_map, *_ = explain(served.client, photos[1], k=2, method="relevancy",
                                               caption_map=False)
     assert len(top["confidences"]) == 2 and len(gallery) == 2 and caption_map is None
     with pytest.raises(Exception, match="unknown method"):
@@ -93,7 +101,7 @@ def test_settings_reach_the_inspector(served, photos):
 
 def test_concurrent_calls_each_get_their_own_results(served, photos):
     def signature(path):
-        caption, top, combined, _, _ = explain(served.client, path, k=2, caption_map=False)
+        caption, top, combined, *_ = explain(served.client, path, k=2, caption_map=False)
         return caption, [(c["label"], round(c["confidence"], 4)) for c in top["confidences"]], \
             np.asarray(Image.open(combined), dtype=np.float32)
 
@@ -141,16 +149,44 @@ def test_batch_gives_table_csv_and_gallery_and_survives_bad_files(served, photos
     saved = pd.read_csv(csv, keep_default_na=False)
     assert list(saved["file"]) == list(frame["file"]) and list(saved["caption"]) == list(frame["caption"])
     assert [item["caption"] for item in gallery] == ["photo_3.jpg", "photo_4.jpg"]
-    top_defect = served.inspector.inspect(photos[3], k=3, caption_map=False, generation=GenerationOptions(**FAST))
-    defect = next(p for p, _ in top_defect.top_k if not p.healthy)
+    found = served.inspector.inspect(photos[3], k=3, caption_map=False, generation=GenerationOptions(**FAST))
+    defect = next(p for p, _ in found.top_k if not p.healthy)  # the likeliest defect over the whole base
     assert good.iloc[0]["top defect"] == defect.text
+    assert good.iloc[0]["verdict"] == found.verdict.decision and good.iloc[0]["reason"] == "; ".join(
+        found.verdict.reasons)
+    assert set(good["caption check"]) <= {"agrees", "disagrees"} and list(saved["verdict"]) == list(frame["verdict"])
+
+
+def test_flag_stores_the_operators_correction_with_the_photo(served, photos):
+    caption, *_, details = explain(served.client, photos[6], k=3)
+    status = served.client.predict(handle_file(str(photos[6])), details, "wrong", ["bruise", "a cut in the skin"],
+                                   "A fruit with a brown bruise.", "seen at dock 4", api_name="/flag")
+    assert status.startswith("Saved: review")
+    row = ReviewStore(served.reviews).rows()[-1]
+    assert row["judgement"] == "wrong" and row["descriptions"] == ["bruise", "cut"]  # texts or ids, stored as ids
+    assert row["corrected_caption"] == "A fruit with a brown bruise." and row["note"] == "seen at dock 4"
+    assert row["caption"] == caption and row["verdict"] == details["verdict"] and row["top_k"] == details["top_k"]
+    assert (served.reviews / row["image"]).read_bytes() == photos[6].read_bytes()
+    table = pd.read_csv(served.reviews / "reviews.csv", keep_default_na=False)
+    assert row["id"] in set(table["id"])
+    for judgement, ticked, message in [("", [], "right or wrong"), ("wrong", ["purple spots"], "not in knowledge")]:
+        with pytest.raises(Exception, match=message):
+            served.client.predict(handle_file(str(photos[6])), details, judgement, ticked, "", "", api_name="/flag")
+
+
+def test_the_batch_table_can_show_only_what_needs_review():
+    frame = pd.DataFrame([["a.jpg", "pass", "", "", "", "", 0.1, ""], ["b.jpg", "review", "", "", "", "", 0.4, ""],
+                          ["c.txt", "", "", "", "", "", None, "not a readable image"]], columns=app_module.BATCH_COLUMNS)
+    assert list(app_module._needing_review(frame, True)["file"]) == ["b.jpg", "c.txt"]
+    assert app_module._needing_review(frame, False) is frame
 
 
 def test_every_batch_writes_its_own_csv_and_old_ones_go(tmp_path):
     stale = tmp_path / "batch-old"
     stale.mkdir()
     os.utime(stale, (0, 0))
-    frame = pd.DataFrame([["a.jpg", "A fruit.", "green mold", 0.5, ""]], columns=app_module.BATCH_COLUMNS)
+    frame = pd.DataFrame([["a.jpg", "review", "A fruit.", "uncertain", "agrees", "green mold", 0.5, ""]],
+                         columns=app_module.BATCH_COLUMNS)
     paths = set()
     threads = [threading.Thread(target=lambda: paths.add(app_module._write_csv(frame, tmp_path))) for _ in range(4)]
     [thread.start() for thread in threads]
@@ -165,13 +201,13 @@ def test_zero_shot_mode_captions_from_the_knowledge_base(tmp_path, photos):
     clip = CLIPW.from_config(tiny_clip_config(vocab_size=len(tokenizer)), tokenizer, device="cpu")
     app, client = serve(Inspector(clip, knowledge), tmp_path)
     try:
-        caption, top, combined, gallery, caption_map = explain(client, photos[5], k=4)
+        caption, top, combined, gallery, caption_map, _, details = explain(client, photos[5], k=4)
         table, _, _ = client.predict([handle_file(str(photos[5]))], api_name="/batch")
     finally:
         app.close()
     assert caption.startswith("A ") and "fruit" in caption and caption.endswith(".")
     assert len(top["confidences"]) == 4 and len(gallery) == 4 and combined and caption_map is None
-    assert table["data"][0][1] == caption
+    assert table["data"][0][2] == caption and table["data"][0][1] == details["verdict"]
 
 
 def test_help_documents_every_flag(capsys, monkeypatch):
@@ -181,7 +217,7 @@ def test_help_documents_every_flag(capsys, monkeypatch):
     assert exit.value.code == 0
     text = capsys.readouterr().out
     for flag in ["--checkpoint", "--clip", "--lm", "--knowledge", "--device", "--host", "--port", "--share",
-                 "--auth", "--max-image-mb", "--lm-precision", "--concurrency", "CLIPCAP_AUTH"]:
+                 "--auth", "--max-image-mb", "--lm-precision", "--concurrency", "--review-dir", "CLIPCAP_AUTH"]:
         assert flag in text
     assert "hunter2" not in text
 

@@ -5,6 +5,7 @@ SAVE_MEDIA=1 also saves the screenshot as media/app.png for the README, taken on
 checkpoints/demo exists (tiny random models write gibberish captions).
 """
 import os
+import re
 import socket
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from playwright.sync_api import expect, sync_playwright
 import app as app_module
 from conftest import make_tiny_captioner
 from models.inspector import Inspector
+from utils.reviews import ReviewStore
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:gradio.queueing")  # gradio's own pandas use
 CHROMIUM = Path("/usr/bin/chromium")
@@ -63,8 +65,13 @@ def make_inspector():
 
 
 @pytest.fixture(scope="module")
-def served():
-    app = app_module.build_app(make_inspector())
+def reviews(tmp_path_factory):
+    return tmp_path_factory.mktemp("reviews")
+
+
+@pytest.fixture(scope="module")
+def served(reviews):
+    app = app_module.build_app(make_inspector(), review_dir=reviews)
     try:
         _, url, _ = app_module.launch(app, server_name="127.0.0.1", server_port=free_port(),
                                       prevent_thread_lock=True, quiet=True)
@@ -93,6 +100,7 @@ def test_upload_run_and_see_caption_and_overlays(page, tmp_path):
     page.locator("#caption-map img").wait_for()
     labels = page.locator("#top-k").inner_text()
     assert "%" in labels
+    expect(page.locator("#verdict")).to_contain_text(re.compile("PASS|FAIL|REVIEW"))
     page.wait_for_timeout(500)  # let images finish painting before the picture is taken
     shot = tmp_path / "app.png"
     page.screenshot(path=str(shot), full_page=True)
@@ -129,3 +137,27 @@ def test_batch_tab_fills_the_table(page, tmp_path):
     shot = tmp_path / "app_batch.png"
     page.screenshot(path=str(shot), full_page=True)
     save_media(shot, "app_batch.png")
+
+
+def test_flag_a_result_and_find_it_in_the_review_directory(page, reviews, tmp_path):
+    page.locator("#photo input[type=file]").set_input_files(str(PHOTO))
+    page.locator("#photo img").first.wait_for()
+    page.locator("#run").click()
+    page.wait_for_function("() => document.querySelector('#caption textarea').value.length > 0")
+    caption = page.locator("#caption textarea").input_value()
+    page.locator("#review-judgement").get_by_text("Wrong").click()
+    page.locator("#review-descriptions").get_by_text("dark spots").click()
+    page.locator("#review-descriptions").get_by_text("a brown bruise").click()
+    page.locator("#review-caption textarea").fill("An apple with dark spots and a brown bruise.")
+    page.locator("#review-note textarea").fill("checked under the lamp")
+    page.locator("#review-save").click()
+    expect(page.locator("#review-status")).to_contain_text("Saved: review 1")
+    row, = ReviewStore(reviews).rows()
+    assert row["judgement"] == "wrong" and sorted(row["descriptions"]) == ["bruise", "dark_spots"]
+    assert row["corrected_caption"] == "An apple with dark spots and a brown bruise."
+    assert row["note"] == "checked under the lamp" and row["caption"] == caption
+    assert (reviews / row["image"]).read_bytes() == PHOTO.read_bytes()
+    assert row["id"] in (reviews / "reviews.csv").read_text()
+    shot = tmp_path / "app_review.png"
+    page.screenshot(path=str(shot), full_page=True)
+    save_media(shot, "app_review.png")
