@@ -41,6 +41,9 @@ class TrainOptions:
     allow_clip_mismatch: bool = option(False, "accept a --clip named differently from the manifest's")
     knowledge: str = option("", "knowledge base the bundle uses (name or file; default: the manifest's; "
                                 "its hash must match the datasets')")
+    init_from: str = option("", "start from this bundle's mapper and model settings (same CLIP, frozen LM) and "
+                                "keep its calibration, e.g. to retrain on operator corrections")
+    human_repeat: int = option(1, "each human-labeled row (train/corrections.py) counts this many times")
     epochs: int = option(10, "passes over the training split (may be raised when resuming)")
     batch_size: int = option(32, "items per step")
     lr: float = option(1e-4, "AdamW peak learning rate")
@@ -64,8 +67,8 @@ class TrainOptions:
 
     def check(self):
         rules = [(set(self.metrics) <= set(SCORERS), f"metrics: choose from {', '.join(SCORERS)} or none"),
-                 (min(self.epochs, self.batch_size, self.model.prefix_length) >= 1,
-                  "epochs, batch_size and prefix_length must be at least 1"),
+                 (min(self.epochs, self.batch_size, self.model.prefix_length, self.human_repeat) >= 1,
+                  "epochs, batch_size, prefix_length and human_repeat must be at least 1"),
                  (0 <= self.val_fraction < 1 and 0 <= self.warmup_ratio < 1,
                   "val_fraction and warmup_ratio must lie in [0, 1)"),
                  (self.lr > 0 and min(self.noise, self.grad_clip, self.weight_decay) >= 0,
@@ -89,8 +92,9 @@ def train(dataset_dirs, out_dir, opts=None, **options):
     for epoch in range(run.start_epoch, opts.epochs):
         run_epoch(run, epoch, opts, bar)
     bar.close()
-    if run.main:
-        for bundle in [run.out_dir / "best", run.out_dir / "last"] if opts.include_clip else []:
+    if run.main and opts.include_clip:
+        from models.vlm import make_self_contained
+        for bundle in (run.out_dir / "best", run.out_dir / "last"):
             make_self_contained(bundle, run.device)
         print(f"best bundle: {run.out_dir / 'best'} (loss {run.best_loss:.4f}); metrics: {run.out_dir / 'metrics.csv'}")
     return run.out_dir / "best"
@@ -104,7 +108,7 @@ def start_run(dataset_dirs, out_dir, opts):
     from utils.training_data import load_training_data, split_indices
     from utils.training_state import load_state, make_scheduler, prepare_run_dir, restore_state
 
-    run = SimpleNamespace(data=load_training_data(dataset_dirs),
+    run = SimpleNamespace(data=load_training_data(dataset_dirs, opts.human_repeat),
                           accelerator=Accelerator(cpu=opts.device == "cpu", device_placement=False))
     run.main, processes = run.accelerator.is_main_process, run.accelerator.num_processes
     single_device = processes == 1 and opts.device not in ("auto", "")
@@ -193,7 +197,7 @@ def train_epoch(run, epoch, opts, bar):
 
 def build_captioner(opts, data, device):
     """A fresh captioner on the CLIP that computed the datasets' embeddings."""
-    from models.vlm import ClipCaptioner
+    from models.vlm import ClipCaptioner, read_config
     from utils.files import local_or_id
     from utils.knowledge import dataset_knowledge
     from utils.training_data import same_model
@@ -205,9 +209,12 @@ def build_captioner(opts, data, device):
         raise ValueError(f"--clip {opts.clip!r} is not the CLIP the datasets were labeled with "
                          f"({data.manifest.get('clip')!r}); pass --allow-clip-mismatch if it is the same model "
                          "under another name")
-    config = dataclasses.replace(opts.model, clip=local_or_id(clip), lm=local_or_id(opts.model.lm),
+    model = read_config(opts.init_from) if opts.init_from else opts.model
+    config = dataclasses.replace(model, clip=local_or_id(clip), lm=local_or_id(model.lm),
                                  knowledge=dataset_knowledge(opts.knowledge, data.manifest))
     captioner = ClipCaptioner.build(config, device)
+    if opts.init_from:
+        captioner.init_mapper_from(opts.init_from)
     if captioner.config.clip_dim != data.embeddings.shape[1]:
         raise ValueError(f"CLIP {clip!r} gives {captioner.config.clip_dim}-d embeddings but the datasets hold "
                          f"{data.embeddings.shape[1]}-d ones")
@@ -243,14 +250,6 @@ def check_resumable(state, opts, data):
     if state["data"] != data.fingerprint:
         raise ValueError(f"cannot resume on other data: the run was trained on {state['data']}, now given "
                          f"{data.fingerprint}")
-
-
-def make_self_contained(bundle, device):
-    """Copy CLIP into a finished bundle once, at the end, rather than every epoch (CLIP is ~600 MB)."""
-    from models.vlm import ClipCaptioner
-
-    if (bundle / "config.json").is_file() and not (bundle / "clip").is_dir():
-        ClipCaptioner.from_pretrained(bundle, device=device).save_pretrained(bundle, include_clip=True)
 
 
 def save_epoch(run, opts):

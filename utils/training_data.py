@@ -1,4 +1,10 @@
-"""Captioner training data: labeled dataset dirs joined into one set, checked, and split (train and evaluate)."""
+"""Captioner training data: labeled dataset dirs joined into one set, checked, and split (train and evaluate).
+
+Datasets marked human-labeled (manifest "labeled_by": "human", e.g. operator corrections from
+train/corrections.py) win over the others: an auto-labeled row of the same image is left out. "The same
+image" is the same CLIP embedding (cosine >= SAME_IMAGE): the same bytes through the same CLIP give the same
+embedding up to float noise, while two different photos stay far below that.
+"""
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -7,6 +13,8 @@ import numpy as np
 import torch
 
 from utils.data import DatasetMismatchError, check_compatible, load_dataset, stratified_split
+
+SAME_IMAGE = 0.9999  # cosine similarity from which two rows hold the same image (JPEG draft decode: > 0.9999)
 
 
 @dataclass
@@ -19,8 +27,9 @@ class TrainingData:
     fingerprint: list  # [dir, rows] per dataset: resume refuses other data
 
 
-def load_training_data(dataset_dirs):
-    """Concatenate dataset dirs after checking that their manifests agree (one CLIP, one knowledge base)."""
+def load_training_data(dataset_dirs, human_repeat=1):
+    """Concatenate dataset dirs after checking that their manifests agree (one CLIP, one knowledge base);
+    human-labeled rows replace auto-labeled rows of the same image and count `human_repeat` times."""
     if isinstance(dataset_dirs, (str, Path)):
         dataset_dirs = [dataset_dirs]
     if not dataset_dirs:
@@ -28,19 +37,35 @@ def load_training_data(dataset_dirs):
     parts = [load_dataset(d) for d in dataset_dirs]
     for directory, part in zip(dataset_dirs, parts):
         check_manifest(part.manifest, parts[0].manifest, directory, dataset_dirs[0])
+    human = torch.cat([p.embeddings for p in parts if is_human(p.manifest)] or [torch.zeros(0, 1)])
     embeddings, captions, classes, paths = [], [], [], []
     for number, (directory, part) in enumerate(zip(dataset_dirs, parts)):
         table = part.table
         keep = (table["caption"].str.strip() != "").to_numpy()
         if not keep.all():
             warnings.warn(f"{directory}: {int((~keep).sum())} rows without a caption are left out", stacklevel=2)
+        if not is_human(part.manifest) and len(human):
+            keep = keep & ~same_image_as(part.embeddings, human)
         rows = np.flatnonzero(keep)
+        rows = np.repeat(rows, human_repeat) if is_human(part.manifest) else rows
         embeddings.append(part.embeddings[rows])
         captions += table["caption"].str.strip().iloc[rows].tolist()
         classes += table["class"].iloc[rows].tolist()
         paths += [f"{number}:{path}" for path in table["path"].iloc[rows]]  # two datasets may share a path
     fingerprint = [[str(Path(d).resolve()), len(p.table)] for d, p in zip(dataset_dirs, parts)]
     return TrainingData(torch.cat(embeddings), captions, classes, paths, parts[0].manifest, fingerprint)
+
+
+def is_human(manifest):
+    return manifest.get("labeled_by") == "human"
+
+
+def same_image_as(embeddings, others):
+    """[N] bool: the row's embedding is (almost exactly) one of `others` (in chunks: memory stays small)."""
+    others = torch.nn.functional.normalize(others, dim=-1)
+    best = [(torch.nn.functional.normalize(chunk, dim=-1) @ others.T).max(dim=1).values
+            for chunk in embeddings.split(4096)]
+    return (torch.cat(best) >= SAME_IMAGE).numpy()
 
 
 def check_manifest(manifest, reference, directory, reference_dir):
