@@ -168,6 +168,8 @@ def test_predict_writes_tables_and_overlays_and_skips_bad_images(straight_run, t
     assert [Path(f).name for f, _ in failed] == ["broken.jpg"]
     table = pd.read_csv(out / "predictions.csv")
     assert len(table) == 2 and {"image", "model", "caption", "summary", "prompt_2", "prob_2"} <= set(table.columns)
+    assert table["verdict"].isin(["pass", "fail", "review"]).all() and table["reason"].str.len().gt(0).all()
+    assert {"caption_check", "top_defect", "top_defect_prob"} <= set(table.columns)
     assert (table["prob_1"] >= table["prob_2"]).all()
     saved = json.loads((out / "predictions.json").read_text())
     assert saved["failed"][0]["image"].endswith("broken.jpg") and len(saved["predictions"]) == 2

@@ -4,8 +4,9 @@
     python train/predict.py photos/ --bundle checkpoints/run1/best --bundle checkpoints/run2/best --out preds \\
         --k 3 --method relevancy --num-beams 3
 
-OUT gets predictions.csv and predictions.json (image, model, caption, knowledge-base summary, top-k prompts
-with probabilities), failed_images.txt, and under overlays/MODEL/ one combined overlay per image, one per
+OUT gets predictions.csv and predictions.json (image, model, verdict (pass / fail / review, from the bundle's
+calibration) with its reason and the caption check, caption, knowledge-base summary, top-k prompts with
+probabilities), failed_images.txt, and under overlays/MODEL/ one combined overlay per image, one per
 top-k prompt and one for the caption. Images that cannot be read (corrupt, too large, unsupported formats
 such as .svg) are listed with the reason and skipped. Offline, the demo bundle (checkpoints/demo) works.
 """
@@ -16,6 +17,9 @@ from pathlib import Path
 
 from models.config import GenerationOptions, InspectOptions, LoadOptions, add_inference_arguments
 from utils.options import add_arguments, from_namespace
+
+CSV_COLUMNS = ("image", "model", "verdict", "caption", "reason", "caption_check", "top_defect", "top_defect_prob",
+               "summary")  # then prompt_i, prob_i: the app's batch table, for scripts
 
 
 def list_images(sources, out_dir=None):
@@ -40,16 +44,14 @@ def list_images(sources, out_dir=None):
 
 
 def caption_and_top_k(inspector, picture, k, generation):
-    """The cheap path without overlays: one CLIP pass, one caption, no gradients."""
-    import torch
+    """The cheap path without overlays: one CLIP pass, one caption, no gradients -> (caption, top-k, verdict)."""
+    import numpy as np
 
-    with torch.no_grad():
-        features = inspector.clip.encode_images([picture])
-        probs = inspector.clip.probabilities(features, inspector.sentences)[0]
-    values, indices = probs.topk(min(k, len(inspector.sentences)))
-    top_k = [(inspector.knowledge.prompts[i], p) for i, p in zip(indices.tolist(), values.tolist())]
+    features = inspector.clip.encode_images([picture])
     caption = inspector.captioner.generate(embeddings=features, options=generation)[0]
-    return caption, top_k
+    probabilities, verdict = inspector.assess(picture, features, caption)
+    best = np.argsort(-probabilities, kind="stable")[:k]
+    return caption, [(inspector.knowledge.prompts[i], float(probabilities[i])) for i in best], verdict
 
 
 def save_png(image, path):
@@ -75,7 +77,7 @@ def predict_one(inspector, path, *, options, overlays, generation, folder, key):
     if not overlays:
         return (*caption_and_top_k(inspector, picture, options.k, generation), {})
     inspection = inspector.inspect(picture, options, generation)
-    return inspection.caption, inspection.top_k, save_overlays(inspection, folder, key)
+    return inspection.caption, inspection.top_k, inspection.verdict, save_overlays(inspection, folder, key)
 
 
 def predict(bundles, sources, out_dir, *, options=None, overlays=True, knowledge=None, load=None,
@@ -105,8 +107,8 @@ def predict(bundles, sources, out_dir, *, options=None, overlays=True, knowledge
             if path in unreadable:
                 continue
             try:
-                caption, top_k, files = predict_one(inspector, path, options=options, overlays=overlays,
-                                                    generation=generation, folder=folder, key=key)
+                caption, top_k, verdict, files = predict_one(inspector, path, options=options, overlays=overlays,
+                                                             generation=generation, folder=folder, key=key)
             except ImageLoadError as error:
                 unreadable.add(path)
                 failed.append((str(path), str(error).removeprefix(f"{path}: ")))
@@ -115,20 +117,22 @@ def predict(bundles, sources, out_dir, *, options=None, overlays=True, knowledge
                 failed.append((str(path), f"{name}: {type(error).__name__}: {error}"))
                 warnings.warn(f"{path}: {failed[-1][1]}", stacklevel=2)
                 continue
-            records.append(_record(path, name, bundle, caption, top_k, inspector.knowledge, files, out_dir))
+            records.append(_record(path, name, bundle, caption, top_k, verdict, inspector.knowledge, files, out_dir))
     write_outputs(records, failed, out_dir)
     return records, failed
 
 
-def _record(path, name, bundle, caption, top_k, knowledge, files, out_dir):
+def _record(path, name, bundle, caption, top_k, verdict, knowledge, files, out_dir):
     from utils.summarizer import summarize
 
     def relative(file):
         return Path(file).relative_to(out_dir).as_posix()
 
     return {
-        "image": str(path), "model": name, "bundle": str(bundle), "caption": caption,
-        "summary": summarize(top_k, knowledge),
+        "image": str(path), "model": name, "bundle": str(bundle), "verdict": verdict.decision,
+        "reason": "; ".join(verdict.reasons), "caption_check": verdict.caption_check,
+        "top_defect": verdict.top_defect, "top_defect_prob": verdict.top_defect_prob,
+        "healthy_mass": verdict.healthy_mass, "caption": caption, "summary": summarize(top_k, knowledge),
         "top_k": [{"id": p.id, "text": p.text, "category": p.category, "healthy": p.healthy, "prob": prob}
                   for p, prob in top_k],
         "overlays": {kind: [relative(f) for f in value] if isinstance(value, list) else relative(value)
@@ -144,7 +148,7 @@ def write_outputs(records, failed, out_dir):
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = []
     for record in records:
-        row = {key: record[key] for key in ("image", "model", "caption", "summary")}
+        row = {key: record[key] for key in CSV_COLUMNS}
         for rank, match in enumerate(record["top_k"], start=1):
             row[f"prompt_{rank}"], row[f"prob_{rank}"] = match["id"], match["prob"]
         rows.append(row)
