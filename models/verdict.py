@@ -126,10 +126,10 @@ def judge(picture, features, probabilities, caption, knowledge, calibration=None
         problems += [p for p in [distance_problem(distance, calibration.inputs, knowledge.domain)] if p]
     check = check_caption(caption, probabilities, knowledge, calibration.caption) if caption else None
     decision, reasons = _decision(calibration, healthy_mass, knowledge.prompts[top].text, top_prob)
-    if check is not None and not check.agrees:
-        decision, reasons = REVIEW, [check.summary()] + reasons
-    if problems:
-        decision, reasons = REVIEW, [f"not a usable photo: {p}" for p in problems] + reasons
+    overrides = [f"not a usable photo: {p}" for p in problems]
+    overrides += [check.summary()] if check is not None and not check.agrees else []
+    if overrides:  # the thresholds' own word stays, as context for the human
+        decision, reasons = REVIEW, overrides + [f"the thresholds alone: {decision} ({reasons[0]})"]
     if not calibration.calibrated:
         reasons.append("thresholds not calibrated for this bundle (train/calibrate.py)")
     return Verdict(decision, reasons, healthy_mass, knowledge.prompts[top].text, top_prob,
