@@ -49,8 +49,7 @@ log = logging.getLogger("clipcap-xai")
 
 def build_app(inspector, *, examples=None, concurrency=1, max_image_mb=DEFAULT_MAX_IMAGE_MB, max_queue=64,
               review_dir=DEFAULT_REVIEW_DIR):
-    """The Blocks UI over one loaded Inspector, whose models every request shares read-only; operators'
-    reviews go to `review_dir` (utils/reviews.py)."""
+    """The Blocks UI over one loaded Inspector, whose models every request shares read-only; reviews: review_dir."""
     import gradio as gr
 
     examples = sorted(str(p) for p in EXAMPLES.glob("*.jpg")) if examples is None else list(examples)
@@ -96,7 +95,6 @@ def build_app(inspector, *, examples=None, concurrency=1, max_image_mb=DEFAULT_M
         batch_settings = {name: box for name, box in settings.items() if name != "caption_map"}
         many.run.click(batch, [many.files, many.only_review], inputs_kwargs=batch_settings, api_name="batch",
                        **shared, outputs=[many.table, many.csv, many.gallery, many.frame])
-        many.only_review.change(_needing_review, [many.frame, many.only_review], many.table, api_visibility="private")
         _wire_review(inspector, one, review_dir)
     return app.queue(default_concurrency_limit=concurrency, max_size=max_queue)
 
@@ -216,8 +214,10 @@ def _batch_tab():
     csv = gr.File(label="Results as CSV", interactive=False, elem_id="batch-csv")
     gallery = gr.Gallery(label="Combined overlays", columns=4, height="auto", object_fit="contain",
                          fit_columns=False, elem_id="batch-gallery", elem_classes="wide-gallery")
+    frame = gr.State()  # the whole table; the checkbox filters what is shown
+    only_review.change(_needing_review, [frame, only_review], table, api_visibility="private")
     return SimpleNamespace(files=files, run=run, table=table, csv=csv, gallery=gallery, only_review=only_review,
-                           frame=gr.State())
+                           frame=frame)
 
 
 def _explain(inspector, image, options, generation):

@@ -22,6 +22,8 @@ class ReviewCallback(gr.FlaggingCallback):
         if len(components) != len(FIELDS):
             raise ValueError(f"ReviewCallback expects the components {', '.join(FIELDS)}")
         self.components, self.store = components, ReviewStore(flagging_dir)
+        if len(self.store):  # a run killed between a row and its CSV line: the CSV catches up at start
+            self.store.rebuild_csv()
 
     def flag(self, flag_data, flag_option=None, username=None):
         """Store one review; flag_data are the FIELDS' values (image as a path or bytes). Returns the number
