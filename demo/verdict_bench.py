@@ -123,14 +123,14 @@ def implausible_inputs(world, count=40, seed=0):
 
 
 def input_check_figures(inspector, world):
-    """Share of implausible inputs sent to review, by kind (each must be 1.0)."""
+    """Share of implausible inputs that the input checks alone send to review, by kind (each should be 1.0):
+    no caption, so a caption that happens to disagree cannot rescue a check that missed."""
     rows = []
     for kind, picture in tqdm(implausible_inputs(world), desc="implausible inputs", leave=False):
-        found = inspector.inspect(picture, k=3, caption_map=False)
-        rows.append({"kind": kind, "review": found.verdict.decision == "review",
-                     "caption": found.caption})
-    table = pd.DataFrame(rows).groupby("kind", sort=False).agg(items=("review", "size"), review=("review", "mean"))
-    return table
+        embedding = inspector.clip.encode_images([picture])
+        _, verdict = inspector.assess(picture, embedding, caption="")
+        rows.append({"kind": kind, "review": verdict.decision == "review"})
+    return pd.DataFrame(rows).groupby("kind", sort=False).agg(items=("review", "size"), review=("review", "mean"))
 
 
 def simulate_operator(frame, world, review_dir, inspector):
