@@ -2,6 +2,7 @@
 from dataclasses import dataclass, replace
 
 import numpy as np
+import torch
 from PIL import Image
 
 from models.clip import CLIPW
@@ -9,7 +10,7 @@ from models.config import GenerationOptions, InspectOptions
 from models.explain import Explainer, explain_image, get_method
 from models.vlm import ClipCaptioner
 from utils.images import DEFAULT_MAX_PIXELS, load_image
-from utils.knowledge import Prompt, load_knowledge
+from utils.knowledge import Kind, Prompt, load_knowledge
 from utils.plot import combined_overlay, fit_for_display, individual_overlay, title_for
 from utils.summarizer import summarize
 
@@ -23,6 +24,8 @@ class Inspection:
     combined: Image.Image
     overlays: list[Image.Image]  # one per top-k prompt, titled "text - 62.3%"
     caption_overlay: Image.Image | None
+    kind: tuple[Kind, float] | None = None  # CLIP's likeliest product kind and its probability (None: no kinds)
+    generation: GenerationOptions | None = None  # as the caption was written: a drawn seed is filled in
 
 
 class Inspector:
@@ -63,7 +66,9 @@ class Inspector:
         picture = load_image(image, max_pixels=self.max_pixels)
         found = explain_image(self.clip, picture, self.sentences, k=options.k, method=options.method)
         top_k = [(self.knowledge.prompts[self.sentences.index(s)], p) for s, p in zip(found.prompts, found.probs)]
-        caption, caption_map = self._caption(picture, found.embedding, top_k, options.caption_map, generation)
+        kind = self.kind_of(found.embedding)
+        generation = None if self.captioner is None else (generation or GenerationOptions()).with_seed()
+        caption, caption_map = self._caption(picture, found.embedding, top_k, kind, options.caption_map, generation)
         display = fit_for_display(picture)
         labels = [prompt.text for prompt, _ in top_k]
         overlays = [
@@ -75,12 +80,22 @@ class Inspector:
                                     alpha=options.alpha, alpha_by_prob=options.alpha_by_prob)
         caption_overlay = None if caption_map is None else individual_overlay(
             display, caption_map, f"caption: {caption}", alpha=options.alpha, threshold=options.threshold)
-        return Inspection(caption, top_k, found.maps, caption_map, combined, overlays, caption_overlay)
+        return Inspection(caption, top_k, found.maps, caption_map, combined, overlays, caption_overlay, kind,
+                          generation)
 
-    def _caption(self, picture, embedding, top_k, with_caption_map, generation):
+    def kind_of(self, embedding):
+        """(Kind, probability) CLIP ranks first among the knowledge base's kinds, or None without kinds."""
+        if not self.knowledge.kinds:
+            return None
+        with torch.no_grad():
+            probs = self.clip.logits(embedding.to(self.clip.device), self.knowledge.kind_sentences()).softmax(-1)[0]
+        best = int(probs.argmax())
+        return self.knowledge.kinds[best], float(probs[best])
+
+    def _caption(self, picture, embedding, top_k, kind, with_caption_map, generation):
         if self.captioner is None:
-            return summarize(top_k, self.knowledge), None
-        caption = self.captioner.generate(embeddings=embedding, options=generation or GenerationOptions())[0]
+            return summarize(top_k, self.knowledge, kind=kind and kind[0]), None
+        caption = self.captioner.generate(embeddings=embedding, options=generation)[0]
         if not (with_caption_map and caption and self.caption_maps):
             return caption, None
         heatmap = Explainer(self.clip).caption_map(self.captioner, self.clip.preprocess(picture), caption)[0]
