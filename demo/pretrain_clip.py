@@ -67,7 +67,9 @@ class PretrainOptions:
     value_weight: float = option(1.0, "auxiliary loss: what each patch would add to the CLS token, vs its mask")
     attention_weight: float = option(1.0, "auxiliary loss: the last block's CLS attention onto the defects")
     gradcam_weight: float = option(1.0, "auxiliary loss: the Grad-CAM map of the primary defect onto its mask")
-    kind_weight: float = option(1.0, "loss: each image against the knowledge base's kind prompts, by its fruit "
+    # the image embedding serves both rankings: at 1.0 the held-out primary defect of the auto-labels fell from
+    # 0.952 to 0.903 (kinds 0.877 right); kinds are the easier task
+    kind_weight: float = option(0.3, "loss: each image against the knowledge base's kind prompts, by its fruit "
                                      "kind (no effect without kinds)")
     patch_full: float = option(0.2, "a patch this much covered by a defect is labeled all that defect")
     augment: bool = option(True, "random zoom, shift, rotation, flip and colour jitter")
@@ -451,7 +453,7 @@ def _train(model, world, opts, partial, progress):
     optimizer, scheduler = make_optimizer(model, opts, opts.epochs * steps_per_epoch)
     done = _resume(partial, model, optimizer, scheduler, opts)
     if done == 0 and opts.text_warmup:
-        separate_prompts(model, world.all_tokens, opts.text_warmup)  # kind prompts too
+        separate_prompts(model, world.tokens, opts.text_warmup)  # PROBE
     attention = model.vision_model.config._attn_implementation
     if opts.attention_weight or opts.gradcam_weight:
         model.vision_model.set_attn_implementation("eager")  # SDPA: no attention probabilities, no double backward

@@ -1,5 +1,6 @@
 """The app served for real on 127.0.0.1 with tiny models, scripted through gradio_client like a user's script."""
 import os
+import re
 import socket
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -17,6 +18,7 @@ from models.clip import CLIPW, make_word_tokenizer, tiny_clip_config
 from models.config import GenerationOptions
 from models.inspector import Inspector
 from utils.knowledge import load_knowledge
+from utils.plot import percent_text, title_for
 
 MAX_MB = 1  # small, so a too-large upload is cheap to make
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:gradio.queueing")  # gradio's own pandas use
@@ -72,20 +74,32 @@ def explain(client, path, **options):
 
 
 def test_explain_returns_the_documented_types(served, photos):
-    caption, top, combined, gallery, caption_map = explain(served.client, photos[0], k=3)
+    caption, top, combined, gallery, caption_map, note = explain(served.client, photos[0], k=3)
     assert isinstance(caption, str) and caption
     confidences = [c["confidence"] for c in top["confidences"]]
     assert len(confidences) == 3 and confidences == sorted(confidences, reverse=True) and sum(confidences) <= 1
     assert top["label"] == top["confidences"][0]["label"]
     assert Image.open(combined).size[0] > 0 and Image.open(caption_map).size[0] > 0
-    assert [item["caption"] for item in gallery] == [f"{c['label']} - {100 * c['confidence']:.1f}%"
+    # labels read as the legends do, "description (62.3%)", so 0.5% never shows as "0%"
+    assert all(c["label"].endswith(f" ({percent_text(c['confidence'])})") for c in top["confidences"])
+    assert [item["caption"] for item in gallery] == [title_for(c["label"].rsplit(" (", 1)[0], c["confidence"])
                                                      for c in top["confidences"]]
     assert all(Image.open(item["image"]).size[0] > 0 for item in gallery)
+    assert note.startswith("Kind: **") and "greedy decoding" in note
+
+
+def test_a_sampled_caption_reports_its_seed_and_the_seed_gives_it_again(served, photos):
+    caption, *_, note = explain(served.client, photos[0], k=1, caption_map=False, temperature=1.0, seed=-1)
+    seed = int(re.search(r"seed (\d+)", note).group(1))
+    again, *_, again_note = explain(served.client, photos[0], k=1, caption_map=False, temperature=1.0, seed=seed)
+    assert again == caption and f"seed {seed}" in again_note
+    *_, hot = explain(served.client, photos[0], k=1, caption_map=False, temperature=2.0)
+    assert "gibberish" in hot  # the hint comes with the caption it explains
 
 
 def test_settings_reach_the_inspector(served, photos):
-    _, top, _, gallery, caption_map = explain(served.client, photos[1], k=2, method="relevancy",
-                                              caption_map=False)
+    _, top, _, gallery, caption_map, _ = explain(served.client, photos[1], k=2, method="relevancy",
+                                                 caption_map=False)
     assert len(top["confidences"]) == 2 and len(gallery) == 2 and caption_map is None
     with pytest.raises(Exception, match="unknown method"):
         explain(served.client, photos[1], method="no-such-method")
@@ -93,7 +107,7 @@ def test_settings_reach_the_inspector(served, photos):
 
 def test_concurrent_calls_each_get_their_own_results(served, photos):
     def signature(path):
-        caption, top, combined, _, _ = explain(served.client, path, k=2, caption_map=False)
+        caption, top, combined, *_ = explain(served.client, path, k=2, caption_map=False)
         return caption, [(c["label"], round(c["confidence"], 4)) for c in top["confidences"]], \
             np.asarray(Image.open(combined), dtype=np.float32)
 
@@ -161,16 +175,18 @@ def test_every_batch_writes_its_own_csv_and_old_ones_go(tmp_path):
 
 def test_zero_shot_mode_captions_from_the_knowledge_base(tmp_path, photos):
     knowledge = load_knowledge("fruit")
-    tokenizer = make_word_tokenizer(knowledge.sentences())
+    tokenizer = make_word_tokenizer(knowledge.sentences() + knowledge.kind_sentences())
     clip = CLIPW.from_config(tiny_clip_config(vocab_size=len(tokenizer)), tokenizer, device="cpu")
     app, client = serve(Inspector(clip, knowledge), tmp_path)
     try:
-        caption, top, combined, gallery, caption_map = explain(client, photos[5], k=4)
+        caption, top, combined, gallery, caption_map, note = explain(client, photos[5], k=4)
         table, _, _ = client.predict([handle_file(str(photos[5]))], api_name="/batch")
     finally:
         app.close()
-    assert caption.startswith("A ") and "fruit" in caption and caption.endswith(".")
+    kind = re.search(r"Kind: \*\*(\w+)\*\*", note).group(1)  # CLIP's kind names the product
+    assert caption.startswith(("A ", "An ")) and kind in caption and caption.endswith(".")
     assert len(top["confidences"]) == 4 and len(gallery) == 4 and combined and caption_map is None
+    assert "zero-shot" in note
     assert table["data"][0][1] == caption
 
 
@@ -224,7 +240,7 @@ def test_sigterm_removes_the_apps_temp_folder(tmp_path):
     import time
 
     knowledge = load_knowledge("fruit")
-    tokenizer = make_word_tokenizer(knowledge.sentences())
+    tokenizer = make_word_tokenizer(knowledge.sentences() + knowledge.kind_sentences())
     CLIPW.from_config(tiny_clip_config(vocab_size=len(tokenizer)), tokenizer, device="cpu").save_pretrained(
         tmp_path / "clip")
     temp = tmp_path / "tmp"

@@ -107,7 +107,7 @@ def load_dataset(directory) -> LabeledDataset:
     except (OSError, KeyError, ValueError) as error:
         raise DatasetError(f"{directory}: cannot read the dataset ({error})") from error
     for column in table.columns:
-        if column.startswith("prob_"):
+        if column.startswith("prob_") or column == "kind_prob":
             table[column] = pd.to_numeric(table[column].replace("", np.nan))
     if list(table.columns[:4]) != BASE_COLUMNS:
         raise DatasetError(f"{directory / CAPTIONS}: columns must start with {BASE_COLUMNS}")
