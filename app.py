@@ -34,16 +34,23 @@ DEFAULT_MAX_IMAGE_MB = 16
 BATCH_COLUMNS = ["file", "verdict", "caption", "reason", "caption check", "top defect", "probability", "error"]
 REQUEST_DIR_MAX_AGE = 3600  # seconds; Gradio has copied a result file into its cache long before
 CSS = """
-#caption textarea {font-size: 1.45rem; font-weight: 600; line-height: 1.35;}
+#caption textarea {font-size: 1.3rem; font-weight: 600; line-height: 1.35;}
+#caption-note, #caption-note p {font-size: 0.9rem; margin: 0;}
 #model-info {font-size: 0.85rem; opacity: 0.75;}
 .verdict {padding: 0.5rem 0.8rem; border-radius: 0.5rem; font-size: 1.05rem; line-height: 1.4;}
 .verdict b {font-size: 1.25rem; letter-spacing: 0.05em; margin-right: 0.5rem;}
 .verdict-pass {background: #d1fae5; color: #065f46;} .verdict-fail {background: #fee2e2; color: #991b1b;}
 .verdict-review {background: #fef3c7; color: #92400e;}
-.wide-gallery .thumbnail-item {aspect-ratio: auto;}
+#top-k dd.confidence {display: none;}
+.wide-gallery .thumbnail-item {aspect-ratio: auto; display: flex; flex-direction: column;}
 .wide-gallery .grid-wrap {height: auto !important; max-height: none !important;}
 .wide-gallery .grid-container {padding-top: 2.4rem;}
-"""  # galleries: tiles as wide as the overlays (photo | heat map), and every row shown without a scrollbar
+.wide-gallery .caption-label {position: static; max-width: none; white-space: normal; overflow: visible;
+                              border: none; border-radius: 0; opacity: 1; font-size: 0.95rem;}
+@media (max-width: 640px) {.wide-gallery .grid-container {grid-template-columns: 1fr !important;}}
+"""  # top matches: the label carries the exact percentage, Gradio's rounded one goes. Galleries: tiles as wide
+# as the overlays, every row shown without a scrollbar, titles below the pictures (never over a legend), one
+# column on a phone
 log = logging.getLogger("clipcap-xai")
 
 
@@ -57,10 +64,10 @@ def build_app(inspector, *, examples=None, concurrency=1, max_image_mb=DEFAULT_M
     atexit.register(shutil.rmtree, requests, True)
     has_lm = inspector.captioner is not None
     with gr.Blocks(title="clipcap-xai", delete_cache=(3600, 3600)) as app:
-        gr.Markdown(f"# clipcap-xai: {inspector.knowledge.domain} inspection\nUpload a photo of a product: get a "
+        gr.Markdown(f"## clipcap-xai: {inspector.knowledge.domain} inspection\nUpload a photo of a product: get a "
                     "caption of its condition, the best-matching defect descriptions, and heat maps of where each "
-                    "one shows.")
-        gr.Markdown(_model_line(inspector), elem_id="model-info")
+                    f"one shows. **Settings**: the panel at the right.<br><span id='model-info'>{_model_line(inspector)}"
+                    "</span>")  # one block: the results need the height
         with gr.Sidebar(label="Settings", open=False, position="right"):
             settings = _settings(inspector)
         with gr.Tabs():
@@ -89,9 +96,10 @@ def build_app(inspector, *, examples=None, concurrency=1, max_image_mb=DEFAULT_M
         # preprocess=False: uploads arrive as paths (already checked into Gradio's cache) for the Inspector's own
         # loader, whose size limits and clear messages beat Gradio's generic decode errors
         shared = dict(preprocess=False, concurrency_id="model")  # one limit over both: they share the models
-        one.run.click(explain, [one.image], inputs_kwargs=settings, api_name="explain", **shared,
+        # scroll_to_output: on a phone the results sit below the photo; on a desktop the page moves a little
+        one.run.click(explain, [one.image], inputs_kwargs=settings, api_name="explain", scroll_to_output=True,
                       outputs=[one.caption, one.top, one.combined, one.overlays, one.caption_overlay, one.verdict,
-                               one.details])
+                               one.details, one.note], **shared)
         batch_settings = {name: box for name, box in settings.items() if name != "caption_map"}
         many.run.click(batch, [many.files, many.only_review], inputs_kwargs=batch_settings, api_name="batch",
                        **shared, outputs=[many.table, many.csv, many.gallery, many.frame])
@@ -127,19 +135,34 @@ def _settings(inspector):
                                    visible=has_lm, interactive=inspector.caption_maps),
     }
     with gr.Accordion("Caption generation", open=False, visible=has_lm):
-        settings.update(
-            temperature=gr.Slider(0, 2, value=generate.temperature, step=0.05, label="Temperature",
-                                  info="0 = greedy (or beam search); above 0 samples"),
-            top_k=gr.Slider(0, 100, value=generate.top_k, step=1, label="Top-k", info="sampling only; 0 = off"),
-            top_p=gr.Slider(0.05, 1, value=generate.top_p, step=0.05, label="Top-p", info="sampling only"),
-            min_new_tokens=gr.Slider(0, 40, value=generate.min_new_tokens, step=1, label="Min new tokens"),
-            max_new_tokens=gr.Slider(1, 80, value=generate.max_new_tokens, step=1, label="Max new tokens"),
-            num_beams=gr.Slider(1, 8, value=generate.num_beams, step=1, label="Beams"),
-            prefix_text=gr.Textbox("", label="Prefix text", placeholder="the bundle's own (leave empty)",
-                                   info="text the LM reads after the image prefix"),
-            seed=gr.Number(0, precision=0, label="Seed", info="sampling only; -1 = a new one every run"),
-        )
+        settings.update(_generation_settings(generate))
     return settings
+
+
+def _generation_settings(generate):
+    import gradio as gr
+
+    return dict(
+        constrained=gr.Checkbox(generate.constrained, label="Knowledge-base phrases only",
+                                info="the caption can only be a sentence the knowledge base's summarizer could "
+                                     "write: no repeated or invented defect phrases"),
+        temperature=gr.Slider(0, 2, value=generate.temperature, step=0.05, label="Temperature",
+                              info="0 = greedy (or beam search); 0.3-1 samples varied captions; above ~1.2 they "
+                                   "turn to gibberish"),
+        top_k=gr.Slider(0, 100, value=generate.top_k, step=1, label="Top-k", info="sampling only; 0 = off"),
+        top_p=gr.Slider(0.05, 1, value=generate.top_p, step=0.05, label="Top-p", info="sampling only"),
+        seed=gr.Number(-1 if generate.seed is None else generate.seed, precision=0, label="Seed",
+                       info="sampling only; -1 = a new one every run (the one used is shown under the caption)"),
+        num_beams=gr.Slider(1, 8, value=generate.num_beams, step=1, label="Beams"),
+        no_repeat_ngram_size=gr.Slider(0, 8, value=generate.no_repeat_ngram_size, step=1,
+                                       label="No repeated runs of tokens",
+                                       info="never repeat a run of this many tokens; 0 = off"),
+        min_new_tokens=gr.Slider(0, 40, value=generate.min_new_tokens, step=1, label="Min new tokens",
+                                 info="the caption may not end sooner, so the LM writes on past its usual end"),
+        max_new_tokens=gr.Slider(1, 80, value=generate.max_new_tokens, step=1, label="Max new tokens"),
+        prefix_text=gr.Textbox("", label="Caption start", placeholder="e.g. 'A pear' (leave empty: none)",
+                               info="the caption's first words: the LM continues them"),
+    )
 
 
 def _options(values, inspector):
@@ -152,7 +175,7 @@ def _options(values, inspector):
     generation.max_new_tokens = max(1, generation.max_new_tokens)
     generation.min_new_tokens = min(generation.min_new_tokens, generation.max_new_tokens)
     generation.num_beams = max(1, generation.num_beams)
-    generation.prefix_text = generation.prefix_text or None
+    generation.prefix_text = (generation.prefix_text or "").strip() or None  # a trailing space is a token of its own
     generation.seed = None if generation.seed is None or generation.seed < 0 else generation.seed
     return options, generation
 
@@ -183,11 +206,13 @@ def _inspect_tab(has_lm, examples, max_image_mb):
                 gr.Examples(examples, inputs=[image], label="Examples (synthetic photos)", examples_per_page=12)
         with gr.Column(scale=3):
             caption = gr.Textbox(label="Caption" if has_lm else "Caption (zero-shot: knowledge-base summary)",
-                                 lines=2, interactive=False, elem_id="caption", buttons=["copy"])
+                                 lines=1, max_lines=3, interactive=False, elem_id="caption", buttons=["copy"])
+            note = gr.Markdown(elem_id="caption-note")  # the product kind; how the caption was written, its seed
             verdict = _verdict_badge()
             with gr.Row(equal_height=False):
-                combined = gr.Image(label="Where each description shows", interactive=False, elem_id="combined",
-                                    scale=3)
+                # height: caption, map and top matches fit on a 1280 x 800 screen
+                combined = gr.Image(label="Where each one shows", interactive=False, elem_id="combined",
+                                    scale=3, height=400)
                 top = gr.Label(label="Top matches", show_heading=False, elem_id="top-k", scale=2)
             with gr.Column(visible=has_lm, variant="panel"):
                 gr.Markdown("**What drove the caption**: the gradient of the caption's likelihood, back through the "
@@ -198,8 +223,8 @@ def _inspect_tab(has_lm, examples, max_image_mb):
                           fit_columns=False, elem_id="overlays", elem_classes="wide-gallery")
     with gr.Accordion("Details (JSON: verdict, top-k, settings; what a review stores)", open=False):
         details = gr.JSON(label="Details", elem_id="details", show_label=False)
-    return SimpleNamespace(image=image, run=run, caption=caption, combined=combined, top=top,
-                           caption_overlay=caption_overlay, overlays=overlays, verdict=verdict, details=details)
+    return SimpleNamespace(image=image, run=run, caption=caption, note=note, verdict=verdict, combined=combined,
+                           top=top, caption_overlay=caption_overlay, overlays=overlays, details=details)
 
 
 def _batch_tab():
@@ -221,11 +246,11 @@ def _batch_tab():
 
 
 def _explain(inspector, image, options, generation):
-    """One photo -> (caption, {description: probability}, combined overlay, [(overlay, title)], caption overlay,
-    verdict badge, details for a review)."""
+    """One photo -> (caption, {"description (62.3%)": probability}, combined overlay, [(overlay, title)],
+    caption overlay, verdict badge, details for a review, note: the product kind and how the caption was written)."""
     import gradio as gr
 
-    from utils.plot import title_for
+    from utils.plot import legend_entries, title_for
 
     source, name = _upload(image)
     try:
@@ -233,10 +258,12 @@ def _explain(inspector, image, options, generation):
     except ValueError as error:  # ImageLoadError among them: the file, not the server, is at fault
         raise gr.Error(_clean_message(error, source, name), title="Cannot inspect this file",
                        print_exception=False) from None
-    top = {prompt.text: float(prob) for prompt, prob in found.top_k}
+    # labelled as in the legends: gr.Label would round 0.5% to "0%"
+    labels = [entry.text for entry in legend_entries([p.text for p, _ in found.top_k], [q for _, q in found.top_k])]
+    top = {label: float(prob) for label, (_, prob) in zip(labels, found.top_k)}
     gallery = [(picture, title_for(prompt.text, prob)) for picture, (prompt, prob) in zip(found.overlays, found.top_k)]
     return (found.caption, top, found.combined, gallery, found.caption_overlay, _verdict_html(found.verdict),
-            inspector.record(found, options, generation))
+            inspector.record(found, options), _caption_note(found))
 
 
 def _verdict_badge():
@@ -302,6 +329,27 @@ def _wire_review(inspector, one, review_dir):
     one.run.click(lambda: (None, [], "", "", ""), None,  # a new inspection starts a fresh review
                   [review.judgement, review.descriptions, review.caption, review.note, review.status],
                   api_visibility="private", queue=False)
+
+
+def _caption_note(found):
+    """One line under the caption: the product kind CLIP sees, and how the caption was written (the seed a
+    sampled caption used, so a good one can be had again)."""
+    from utils.plot import percent_text
+
+    parts = [f"Kind: **{found.kind[0].noun}** ({percent_text(found.kind[1])})"] if found.kind else []
+    generation = found.generation
+    if generation is None:
+        parts.append("zero-shot: the knowledge base's summary of the top matches")
+    elif generation.sampling:
+        parts.append(f"sampled at temperature {generation.temperature:g} with **seed {generation.seed}** (enter it "
+                     "under Seed to get this caption again)")
+        if generation.temperature > 1.2:
+            parts.append("above ~1.2 captions turn to gibberish")
+    else:
+        parts.append("beam search" if generation.num_beams > 1 else "greedy decoding")
+    if generation is not None and generation.constrained:
+        parts.append("knowledge-base phrases only")
+    return " · ".join(parts)
 
 
 def _model_line(inspector):

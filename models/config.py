@@ -4,7 +4,8 @@ Kept apart from the models (as transformers keeps configuration_x.py apart from 
 scripts can build their flags from these fields and answer --help before loading any model library.
 """
 import argparse
-from dataclasses import dataclass
+import secrets
+from dataclasses import dataclass, replace
 
 from utils.options import add_arguments, from_dict, option
 
@@ -46,21 +47,35 @@ class CaptionerConfig:
 @dataclass
 class GenerationOptions:
     """How the LM writes a caption (the counterpart of transformers' GenerationConfig); temperature 0 is
-    greedy (or beam search), above 0 samples."""
-    temperature: float = option(0.0, "0 = greedy or beam search; above 0 samples (above ~1.2 reads as gibberish)")
+    greedy (or beam search), above 0 samples. A caption is one line: the LM stops at its first line break."""
+    temperature: float = option(0.0, "0 = greedy or beam search; 0.3-1 samples varied captions; above ~1.2 "
+                                     "they turn to gibberish")
     top_k: int = option(0, "sampling: keep the k likeliest tokens; 0 = all")
     top_p: float = option(1.0, "sampling: nucleus probability mass")
     num_beams: int = option(1, "beam search width; 1 = greedy")
-    min_new_tokens: int = option(0, "shortest caption in tokens")
+    min_new_tokens: int = option(0, "shortest caption in tokens: the LM may not end it sooner, so it writes on "
+                                    "past where it would stop")
     max_new_tokens: int = option(30, "longest caption in tokens")
     repetition_penalty: float = option(1.0, "above 1 discourages repeating tokens")
-    no_repeat_ngram_size: int = option(0, "never repeat an n-gram of this size; 0 = off")
-    prefix_text: str = option(None, "text the LM continues after the image prefix (default: the bundle's)")
-    seed: int = option(None, "seed for sampling (default: a new one each time)", type=int)
+    no_repeat_ngram_size: int = option(2, "never repeat a run of this many tokens (stops 'a cut in the skin and "
+                                          "a cut in the skin'; no sentence of the fruit knowledge base's summarizer "
+                                          "repeats a token pair); 3 suits free-form captions; 0 = off")
+    constrained: bool = option(False, "write only sentences the knowledge base's summarizer could write: defect "
+                                      "phrases from the knowledge base, each at most once")
+    prefix_text: str = option(None, "the caption's first words, which the LM continues (shown as part of the "
+                                    "caption; default: none, the bundle's own prompt)")
+    seed: int = option(None, "seed for sampling (default: a new one each time; the one drawn is reported)",
+                       type=int)
 
     @property
     def sampling(self):
         return self.temperature > 0
+
+    def with_seed(self):
+        """These options with a seed drawn when sampling without one, so the caption can be had again."""
+        if not self.sampling or self.seed is not None:
+            return self
+        return replace(self, seed=secrets.randbelow(2**31))
 
 
 @dataclass

@@ -4,6 +4,7 @@ import dataclasses
 from dataclasses import dataclass, replace
 
 import numpy as np
+import torch
 from PIL import Image
 
 from models.clip import CLIPW
@@ -12,7 +13,7 @@ from models.explain import Explainer, explain_image, get_method
 from models.verdict import Calibration, Verdict, judge, load_calibration
 from models.vlm import ClipCaptioner
 from utils.images import DEFAULT_MAX_PIXELS, load_image
-from utils.knowledge import Prompt, load_knowledge
+from utils.knowledge import Kind, Prompt, load_knowledge
 from utils.plot import combined_overlay, fit_for_display, individual_overlay, title_for
 from utils.summarizer import summarize
 
@@ -28,6 +29,8 @@ class Inspection:
     caption_overlay: Image.Image | None
     probabilities: np.ndarray = None  # [n prompts] over the whole knowledge base, in file order
     verdict: Verdict = None  # pass / fail / review with the reasons
+    kind: tuple[Kind, float] | None = None  # CLIP's likeliest product kind and its probability (None: no kinds)
+    generation: GenerationOptions | None = None  # as the caption was written: a drawn seed is filled in
 
 
 class Inspector:
@@ -74,7 +77,9 @@ class Inspector:
         picture = load_image(image, max_pixels=self.max_pixels)
         found = explain_image(self.clip, picture, self.sentences, k=options.k, method=options.method)
         top_k = [(self.knowledge.prompts[self.sentences.index(s)], p) for s, p in zip(found.prompts, found.probs)]
-        caption, caption_map = self._caption(picture, found.embedding, top_k, options.caption_map, generation)
+        kind = self.kind_of(found.embedding)
+        generation = None if self.captioner is None else (generation or GenerationOptions()).with_seed()
+        caption, caption_map = self._caption(picture, found.embedding, top_k, kind, options.caption_map, generation)
         display = fit_for_display(picture)
         labels = [prompt.text for prompt, _ in top_k]
         overlays = [
@@ -88,25 +93,25 @@ class Inspector:
             display, caption_map, f"caption: {caption}", alpha=options.alpha, threshold=options.threshold)
         probabilities, verdict = self.assess(picture, found.embedding, caption)
         return Inspection(caption, top_k, found.maps, caption_map, combined, overlays, caption_overlay, probabilities,
-                          verdict)
+                          verdict, kind, generation)
 
     def record(self, found, options=None, generation=None):
         """What the operator was shown, as plain data: the app's details, a review's row, scripts."""
         verdict = found.verdict
         settings = dataclasses.asdict(options or InspectOptions())
+        generation = generation or found.generation  # the drawn seed of a sampled caption, when it had one
         if generation is not None:
             settings["generation"] = dataclasses.asdict(generation)
         return {"caption": found.caption, "verdict": verdict.decision, "verdict_reasons": verdict.reasons,
                 "caption_check": verdict.caption_check, "healthy_mass": round(verdict.healthy_mass, 6),
                 "top_defect": verdict.top_defect, "top_defect_prob": round(verdict.top_defect_prob, 6),
                 "distance": verdict.distance, "calibrated": verdict.calibrated,
+                "kind": found.kind and found.kind[0].id,
                 "top_k": [{"id": p.id, "text": p.text, "prob": round(float(prob), 6)} for p, prob in found.top_k],
                 "bundle": self.source, "knowledge": self.knowledge.name, "settings": settings}
 
     def assess(self, picture, embedding, caption):
         """(probabilities over the whole knowledge base, Verdict) for a loaded picture and its CLIP embedding."""
-        import torch
-
         with torch.no_grad():
             probabilities = self.clip.probabilities(embedding, self.sentences)[0].float().cpu().numpy()
         features = None
@@ -115,10 +120,19 @@ class Inspector:
         return probabilities, judge(picture, features, probabilities, caption, self.knowledge, self.calibration,
                                     self.statistics)
 
-    def _caption(self, picture, embedding, top_k, with_caption_map, generation):
+    def kind_of(self, embedding):
+        """(Kind, probability) CLIP ranks first among the knowledge base's kinds, or None without kinds."""
+        if not self.knowledge.kinds:
+            return None
+        with torch.no_grad():
+            probs = self.clip.logits(embedding.to(self.clip.device), self.knowledge.kind_sentences()).softmax(-1)[0]
+        best = int(probs.argmax())
+        return self.knowledge.kinds[best], float(probs[best])
+
+    def _caption(self, picture, embedding, top_k, kind, with_caption_map, generation):
         if self.captioner is None:
-            return summarize(top_k, self.knowledge), None
-        caption = self.captioner.generate(embeddings=embedding, options=generation or GenerationOptions())[0]
+            return summarize(top_k, self.knowledge, kind=kind and kind[0]), None
+        caption = self.captioner.generate(embeddings=embedding, options=generation)[0]
         if not (with_caption_map and caption and self.caption_maps):
             return caption, None
         heatmap = Explainer(self.clip).caption_map(self.captioner, self.clip.preprocess(picture), caption)[0]

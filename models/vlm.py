@@ -1,5 +1,6 @@
 """ClipCaptioner: frozen CLIP -> mapper -> prefix vectors -> causal LM writes the caption (ClipCap)."""
 import dataclasses
+import functools
 import json
 import math
 import threading
@@ -111,26 +112,53 @@ class ClipCaptioner(nn.Module):
     @torch.no_grad()
     def generate(self, images=None, *, embeddings=None, options=None, use_cache=True, **overrides):
         """Captions for images (or ready CLIP embeddings). `options` is a GenerationOptions; keyword
-        overrides (e.g. max_new_tokens=8) change single settings of it."""
+        overrides (e.g. max_new_tokens=8) change single settings of it. A prefix text given in the options
+        is the caption's start: the LM continues it and the caption shows it."""
         options = dataclasses.replace(options or GenerationOptions(), **overrides)
         if embeddings is None:
             embeddings = self.clip.encode_images(images)
         prompt = self._prompt_embeddings(embeddings, options.prefix_text)
+        with _seeded_global_rng(options.seed, self.device) if options.sampling else nullcontext():
+            ids = self.lm.generate(inputs_embeds=prompt, attention_mask=torch.ones(prompt.shape[:2], device=self.device),
+                                   use_cache=use_cache, **self._generate_settings(options))
+        if options.prefix_text:  # decoded together, so the tokenizer puts the space between them
+            start = self.tokenizer(options.prefix_text, add_special_tokens=False, return_tensors="pt").input_ids
+            ids = torch.cat([start.to(ids.device).expand(len(ids), -1), ids], dim=1)
+        return [_clean(text) for text in self.tokenizer.batch_decode(ids, skip_special_tokens=True)]
+
+    def _generate_settings(self, options):
+        """GenerationOptions -> keyword arguments of transformers' generate."""
+        from transformers import LogitsProcessorList, NoRepeatNGramLogitsProcessor
+
         settings = dict(
             do_sample=options.sampling, num_beams=options.num_beams, min_new_tokens=options.min_new_tokens,
             max_new_tokens=options.max_new_tokens, repetition_penalty=options.repetition_penalty,
-            no_repeat_ngram_size=options.no_repeat_ngram_size, use_cache=use_cache,
-            eos_token_id=self.tokenizer.eos_token_id, pad_token_id=self.tokenizer.pad_token_id,
+            pad_token_id=self.tokenizer.pad_token_id, logits_processor=LogitsProcessorList(),
+            eos_token_id=[self.tokenizer.eos_token_id, *self._line_breaks],  # a caption is one line
         )
+        if options.constrained:  # the grammar forbids repeats itself; an n-gram ban could block its only way on
+            settings.update(prefix_allowed_tokens_fn=self._grammar.allowed_tokens_fn(options.prefix_text or ""))
+        elif options.no_repeat_ngram_size > 0:  # given as a processor: over the caption's tokens (the prompt is
+            # embeddings), without the warning the no_repeat_ngram_size argument gives for that
+            settings["logits_processor"].append(NoRepeatNGramLogitsProcessor(options.no_repeat_ngram_size))
         if options.sampling:
             settings.update(temperature=options.temperature, top_k=options.top_k or None, top_p=options.top_p)
         else:
             settings.update(temperature=None, top_k=None, top_p=None)  # silence sampling-only defaults
-        with _seeded_global_rng(options.seed, self.device) if options.sampling else nullcontext():
-            ids = self.lm.generate(
-                inputs_embeds=prompt, attention_mask=torch.ones(prompt.shape[:2], device=self.device), **settings
-            )
-        return [_clean(text) for text in self.tokenizer.batch_decode(ids, skip_special_tokens=True)]
+        return settings
+
+    @functools.cached_property
+    def _line_breaks(self):
+        """Token ids whose text holds a line break: generation stops there (and min_new_tokens holds them off)."""
+        texts = self.tokenizer.batch_decode([[i] for i in range(len(self.tokenizer))])
+        return [i for i, text in enumerate(texts) if "\n" in text and i != self.tokenizer.eos_token_id]
+
+    @functools.cached_property
+    def _grammar(self):
+        """Constrained decoding's grammar over the knowledge base the bundle was trained with."""
+        from models.constrained import CaptionGrammar
+
+        return CaptionGrammar(self.config.knowledge, self.tokenizer)
 
     def caption_embeddings(self, embeddings, options=None, batch_size=32, progress=False, desc="captioning"):
         """Captions for many stored CLIP embeddings [N, D], batch by batch, with an optional progress bar."""

@@ -1,5 +1,6 @@
 """The app served for real on 127.0.0.1 with tiny models, scripted through gradio_client like a user's script."""
 import os
+import re
 import socket
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -18,6 +19,7 @@ from models.config import GenerationOptions
 from models.inspector import Inspector
 from utils.knowledge import load_knowledge
 from utils.reviews import ReviewStore
+from utils.plot import percent_text, title_for
 
 MAX_MB = 1  # small, so a too-large upload is cheap to make
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:gradio.queueing")  # gradio's own pandas use
@@ -76,24 +78,36 @@ def explain(client, path, **options):
 
 
 def test_explain_returns_the_documented_types(served, photos):
-    caption, top, combined, gallery, caption_map, verdict, details = explain(served.client, photos[0], k=3)
+    caption, top, combined, gallery, caption_map, verdict, details, note = explain(served.client, photos[0], k=3)
     assert isinstance(caption, str) and caption
     confidences = [c["confidence"] for c in top["confidences"]]
     assert len(confidences) == 3 and confidences == sorted(confidences, reverse=True) and sum(confidences) <= 1
     assert top["label"] == top["confidences"][0]["label"]
     assert Image.open(combined).size[0] > 0 and Image.open(caption_map).size[0] > 0
-    assert [item["caption"] for item in gallery] == [f"{c['label']} - {100 * c['confidence']:.1f}%"
+    # labels read as the legends do, "description (62.3%)", so 0.5% never shows as "0%"
+    assert all(c["label"].endswith(f" ({percent_text(c['confidence'])})") for c in top["confidences"])
+    assert [item["caption"] for item in gallery] == [title_for(c["label"].rsplit(" (", 1)[0], c["confidence"])
                                                      for c in top["confidences"]]
     assert all(Image.open(item["image"]).size[0] > 0 for item in gallery)
     assert details["verdict"] in ("pass", "fail", "review") and details["caption"] == caption
     assert f"<b>{details['verdict'].upper()}</b>" in verdict and details["verdict_reasons"][0] in verdict
-    assert [t["text"] for t in details["top_k"]] == [c["label"] for c in top["confidences"]]
+    assert [t["text"] for t in details["top_k"]] == [c["label"].rsplit(" (", 1)[0] for c in top["confidences"]]
     assert details["settings"]["k"] == 3 and details["settings"]["generation"]["max_new_tokens"] == 4
+    assert note.startswith("Kind: **") and "greedy decoding" in note
+
+
+def test_a_sampled_caption_reports_its_seed_and_the_seed_gives_it_again(served, photos):
+    caption, *_, note = explain(served.client, photos[0], k=1, caption_map=False, temperature=1.0, seed=-1)
+    seed = int(re.search(r"seed (\d+)", note).group(1))
+    again, *_, again_note = explain(served.client, photos[0], k=1, caption_map=False, temperature=1.0, seed=seed)
+    assert again == caption and f"seed {seed}" in again_note
+    *_, hot = explain(served.client, photos[0], k=1, caption_map=False, temperature=2.0)
+    assert "gibberish" in hot  # the hint comes with the caption it explains
 
 
 def test_settings_reach_the_inspector(served, photos):
     _, top, _, gallery, caption_map, *_ = explain(served.client, photos[1], k=2, method="relevancy",
-                                              caption_map=False)
+                                                  caption_map=False)
     assert len(top["confidences"]) == 2 and len(gallery) == 2 and caption_map is None
     with pytest.raises(Exception, match="unknown method"):
         explain(served.client, photos[1], method="no-such-method")
@@ -158,7 +172,7 @@ def test_batch_gives_table_csv_and_gallery_and_survives_bad_files(served, photos
 
 
 def test_flag_stores_the_operators_correction_with_the_photo(served, photos):
-    caption, *_, details = explain(served.client, photos[6], k=3)
+    caption, *_, details, _ = explain(served.client, photos[6], k=3)
     status = served.client.predict(handle_file(str(photos[6])), details, "wrong", ["bruise", "a cut in the skin"],
                                    "A fruit with a brown bruise.", "seen at dock 4", api_name="/flag")
     assert status.startswith("Saved: review")
@@ -197,17 +211,19 @@ def test_every_batch_writes_its_own_csv_and_old_ones_go(tmp_path):
 
 def test_zero_shot_mode_captions_from_the_knowledge_base(tmp_path, photos):
     knowledge = load_knowledge("fruit")
-    tokenizer = make_word_tokenizer(knowledge.sentences())
+    tokenizer = make_word_tokenizer(knowledge.sentences() + knowledge.kind_sentences())
     clip = CLIPW.from_config(tiny_clip_config(vocab_size=len(tokenizer)), tokenizer, device="cpu")
     app, client = serve(Inspector(clip, knowledge), tmp_path)
     try:
-        caption, top, combined, gallery, caption_map, _, details = explain(client, photos[5], k=4)
+        caption, top, combined, gallery, caption_map, _, details, note = explain(client, photos[5], k=4)
         table, _, _ = client.predict([handle_file(str(photos[5]))], api_name="/batch")
     finally:
         app.close()
-    assert caption.startswith("A ") and "fruit" in caption and caption.endswith(".")
+    kind = re.search(r"Kind: \*\*(\w+)\*\*", note).group(1)  # CLIP's kind names the product
+    assert caption.startswith(("A ", "An ")) and kind in caption and caption.endswith(".")
     assert len(top["confidences"]) == 4 and len(gallery) == 4 and combined and caption_map is None
     assert table["data"][0][2] == caption and table["data"][0][1] == details["verdict"]
+    assert "zero-shot" in note
 
 
 def test_help_documents_every_flag(capsys, monkeypatch):
@@ -260,7 +276,7 @@ def test_sigterm_removes_the_apps_temp_folder(tmp_path):
     import time
 
     knowledge = load_knowledge("fruit")
-    tokenizer = make_word_tokenizer(knowledge.sentences())
+    tokenizer = make_word_tokenizer(knowledge.sentences() + knowledge.kind_sentences())
     CLIPW.from_config(tiny_clip_config(vocab_size=len(tokenizer)), tokenizer, device="cpu").save_pretrained(
         tmp_path / "clip")
     temp = tmp_path / "tmp"

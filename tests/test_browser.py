@@ -80,17 +80,34 @@ def served(reviews):
         app.close()
 
 
+DESKTOP = {"width": 1280, "height": 800}
+PHONE = {"width": 390, "height": 844}
+MIN_TEXT_PX = 12
+
+
+def open_page(browser, url, viewport):
+    page = browser.new_page(viewport=viewport)
+    page.set_default_timeout(TIMEOUT_MS)
+    page.goto(url)
+    page.locator("#run").wait_for()
+    return page
+
+
 @pytest.fixture
 def page(browser, served):
-    page = browser.new_page(viewport={"width": 1400, "height": 1000})
-    page.set_default_timeout(TIMEOUT_MS)
-    page.goto(served)
-    page.locator("#run").wait_for()
+    page = open_page(browser, served, DESKTOP)
     yield page
     page.close()
 
 
-def test_upload_run_and_see_caption_and_overlays(page, tmp_path):
+@pytest.fixture
+def phone(browser, served):
+    page = open_page(browser, served, PHONE)
+    yield page
+    page.close()
+
+
+def inspect_photo(page):
     page.locator("#photo input[type=file]").set_input_files(str(PHOTO))
     page.locator("#photo img").first.wait_for()
     page.locator("#run").click()
@@ -98,14 +115,110 @@ def test_upload_run_and_see_caption_and_overlays(page, tmp_path):
     page.locator("#combined img").wait_for()
     page.locator("#overlays img").nth(4).wait_for()  # all five descriptions
     page.locator("#caption-map img").wait_for()
+
+
+def box(page, selector):
+    return page.locator(selector).first.bounding_box()
+
+
+def overlap(a, b):
+    return (a["x"] < b["x"] + b["width"] and b["x"] < a["x"] + a["width"]
+            and a["y"] < b["y"] + b["height"] and b["y"] < a["y"] + a["height"])
+
+
+def drawn(image):
+    """An <img>'s picture as shown (object-fit: contain): its box on the page and its scale."""
+    info = image.evaluate("""e => { const r = e.getBoundingClientRect();
+        const s = Math.min(r.width / e.naturalWidth, r.height / e.naturalHeight);
+        return {x: r.x + (r.width - e.naturalWidth * s) / 2, y: r.y + (r.height - e.naturalHeight * s) / 2,
+                scale: s, natural_width: e.naturalWidth, natural_height: e.naturalHeight}; }""")
+    return info
+
+
+def text_strip(info, panel_height):
+    """The page box of an overlay's text (title, colour bar, legend): below its `panel_height` px picture."""
+    top = info["y"] + panel_height * info["scale"]
+    return {"x": info["x"], "y": top, "width": info["natural_width"] * info["scale"],
+            "height": (info["natural_height"] - panel_height) * info["scale"]}
+
+
+def check_overlay_text(page, selector, combined=False):
+    """Every picture under `selector` shows its drawn text at >= 12 px, clear of the component's buttons."""
+    from utils.plot import display_size, legend_font_size, title_font_size
+
+    panel = display_size(Image.open(PHOTO).size)
+    panel_height = panel[1]
+    buttons = [b.bounding_box() for b in page.locator(f"{selector} button.icon-button:visible").all()]
+    images = page.locator(f"{selector} img").all()
+    assert images
+    for image in images:
+        image.scroll_into_view_if_needed()
+        image.evaluate("e => e.decode()")
+        info = drawn(image)
+        font = legend_font_size(panel) if combined else title_font_size(info["natural_width"])
+        assert font * info["scale"] >= MIN_TEXT_PX, (selector, font, info)
+        strip = text_strip(info, panel_height)
+        assert strip["height"] > 0
+        covering = [b for b in buttons if b and b["width"] * b["height"] > 0 and overlap(b, strip)]
+        assert not covering, f"{selector}: buttons {covering} cover the text strip {strip}"
+
+
+def test_upload_run_and_see_caption_and_overlays(page, tmp_path):
+    """At 1280 x 800 the Inspect button and the results sit in the first screen, side by side, and the text
+    drawn into the overlays is readable and never under a button."""
+    inspect_photo(page)
     labels = page.locator("#top-k").inner_text()
     assert "%" in labels
     expect(page.locator("#verdict")).to_contain_text(re.compile("PASS|FAIL|REVIEW"))
+    page.evaluate("() => window.scrollTo(0, 0)")  # as a user who never scrolled sees it
+    boxes = {name: box(page, name) for name in ("#run", "#caption", "#caption-note", "#verdict", "#combined", "#top-k")}
+    for name, found in boxes.items():
+        assert found["y"] >= 0 and found["y"] + found["height"] <= DESKTOP["height"], (name, found)
+    names = list(boxes)
+    assert not [(a, b) for i, a in enumerate(names) for b in names[i + 1:] if overlap(boxes[a], boxes[b])]
+    assert page.locator("#caption-note").inner_text().strip()
     page.wait_for_timeout(500)  # let images finish painting before the picture is taken
     shot = tmp_path / "app.png"
     page.screenshot(path=str(shot), full_page=True)
-    assert Image.open(shot).size[0] >= 1400
+    assert Image.open(shot).size[0] == DESKTOP["width"]
     save_media(shot, "app.png")
+    check_overlay_text(page, "#combined", combined=True)
+    check_overlay_text(page, "#caption-map")
+    check_overlay_text(page, "#overlays")
+
+
+def test_phone_layout_keeps_titles_and_percentages_readable(phone, tmp_path):
+    """At 390 x 844: one overlay per row, gallery titles whole (percentage included), drawn text >= 12 px."""
+    inspect_photo(phone)
+    tiles = [tile.bounding_box() for tile in phone.locator("#overlays .thumbnail-item").all()]
+    assert len(tiles) == 5 and len({round(tile["x"]) for tile in tiles}) == 1  # a single column
+    for caption in phone.locator("#overlays .caption-label").all():
+        assert "%" in caption.inner_text()
+        assert caption.evaluate("e => e.scrollWidth <= e.clientWidth + 1")  # not cut off
+    rows = phone.locator("#top-k dt").all_inner_texts()
+    assert rows and all(text.strip().endswith("%)") for text in rows)
+    check_overlay_text(phone, "#combined", combined=True)
+    check_overlay_text(phone, "#caption-map")
+    check_overlay_text(phone, "#overlays")
+    phone.evaluate("() => window.scrollTo(0, 0)")
+    phone.wait_for_timeout(500)
+    shot = tmp_path / "app_phone.png"
+    phone.screenshot(path=str(shot), full_page=True)
+    save_media(shot, "app_phone.png")
+
+
+def test_settings_open_beside_the_photo_and_inspect_stays_in_view(page, tmp_path):
+    assert not page.get_by_label("Temperature").first.is_visible()  # closed by default: nothing pushed down
+    page.locator(".sidebar .toggle-button").first.click()
+    page.get_by_text("Caption generation").first.click()
+    temperature = page.get_by_label("Temperature").first
+    temperature.wait_for()
+    run, slider = box(page, "#run"), temperature.bounding_box()
+    assert run["y"] + run["height"] <= DESKTOP["height"]  # opening Generation pushes nothing down
+    assert slider["x"] >= box(page, "#photo")["x"] + box(page, "#photo")["width"]  # beside the photo, not above
+    shot = tmp_path / "app_settings.png"
+    page.screenshot(path=str(shot))
+    save_media(shot, "app_settings.png")
 
 
 def test_a_bad_upload_shows_a_clear_message(page, tmp_path):
@@ -134,6 +247,9 @@ def test_batch_tab_fills_the_table(page, tmp_path):
     saved = tmp_path / "inspection.csv"
     download.value.save_as(saved)
     assert [row.split(",")[0] for row in saved.read_text().splitlines()] == ["file", PHOTO.name, bad.name]
+    check_overlay_text(page, "#batch-gallery", combined=True)
+    name = page.locator("#batch-gallery .caption-label").first
+    assert not overlap(name.bounding_box(), box(page, "#batch-gallery img"))  # file names under, not over
     shot = tmp_path / "app_batch.png"
     page.screenshot(path=str(shot), full_page=True)
     save_media(shot, "app_batch.png")

@@ -15,7 +15,7 @@ from utils.knowledge import load_knowledge
 @pytest.fixture(scope="module")
 def fruit_clip():
     knowledge = load_knowledge("fruit")
-    tokenizer = make_word_tokenizer(knowledge.sentences())
+    tokenizer = make_word_tokenizer(knowledge.sentences() + knowledge.kind_sentences())
     return CLIPW.from_config(tiny_clip_config(vocab_size=len(tokenizer)), tokenizer, device="cpu")
 
 

@@ -157,3 +157,44 @@ def test_missing_file_and_unknown_name(tmp_path):
         load_knowledge("vegetables")
     with pytest.raises(KnowledgeError):
         KnowledgeBase.from_dict(None)
+
+
+def test_kinds_are_optional_and_fill_in_their_noun_and_prompt(tmp_path):
+    assert load_knowledge(write(tmp_path, small_base())).kinds == ()
+    data = {**small_base(), "kinds": ["apple", {"id": "conference_pear", "noun": "conference pear"},
+                                      {"id": "quince", "prompt": "a close-up photo of a quince"}]}
+    kb = load_knowledge(write(tmp_path, data))
+    assert [(k.id, k.noun, k.prompt) for k in kb.kinds] == [
+        ("apple", "apple", "a photo of an apple"), ("conference_pear", "conference pear", "a photo of a conference pear"),
+        ("quince", "quince", "a close-up photo of a quince")]
+    assert kb.kind_sentences() == [k.prompt for k in kb.kinds] and kb.kind("quince").noun == "quince"
+    with pytest.raises(KeyError, match="no kind 'plum'.*apple, conference_pear, quince"):
+        kb.kind("plum")
+    assert load_knowledge(write(tmp_path, kb.to_dict(), "again.yaml")) == kb
+    assert kb.hash() != KnowledgeBase.from_dict(small_base()).hash()  # kinds change the labels
+    fruit = load_knowledge()
+    assert [k.id for k in fruit.kinds] == ["apple", "orange", "tomato", "pear", "banana", "lemon"]
+
+
+def test_a_base_without_kinds_keeps_its_hash():
+    """Datasets labeled before kinds existed stay compatible: no 'kinds' key, the same content hash."""
+    kb = KnowledgeBase.from_dict(small_base())
+    assert "kinds" not in kb.to_dict() and kb.hash() == "eeedd3afbef3fd0f"  # as before kinds existed
+
+
+@pytest.mark.parametrize("kinds,message", [
+    ([], "kinds: expected a non-empty list"),
+    ("apple", "kinds: expected a non-empty list"),
+    ([{"noun": "apple"}], "kinds[0]: missing 'id'"),
+    (["apple", "apple"], "kinds[1]: duplicate id 'apple' (first at kinds[0])"),
+    (["apple", {"id": "pome", "prompt": "a photo of an apple"}], "kinds[1]: duplicate prompt 'a photo of an apple'"),
+    ([{"id": "apple", "colour": "red"}], "kinds[0]: unknown key 'colour'"),
+    ([{"id": "red apple"}], "kinds[0].id: 'red apple': use only"),
+    ([{"id": "apple", "noun": ""}], "kinds[0].noun: expected a non-empty string"),
+    ([7], "kinds[0]: expected a mapping with 'id'"),
+])
+def test_bad_kinds_are_named_with_the_file(tmp_path, kinds, message):
+    path = write(tmp_path, {**small_base(), "kinds": kinds})
+    with pytest.raises(KnowledgeError) as error:
+        load_knowledge(path)
+    assert str(error.value).startswith(f"{path}: ") and message in str(error.value)

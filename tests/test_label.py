@@ -26,7 +26,7 @@ MAX_PIXELS = 5000  # the 64x48 images pass, big.png (80x80) does not
 @pytest.fixture(scope="module")
 def clip():
     torch.manual_seed(0)
-    tokenizer = make_word_tokenizer(KB.sentences())
+    tokenizer = make_word_tokenizer(KB.sentences() + KB.kind_sentences())
     return CLIPW.from_config(tiny_clip_config(vocab_size=len(tokenizer)), tokenizer, device="cpu")
 
 
@@ -60,16 +60,19 @@ def test_labels_a_folder(folder, clip, tmp_path):
     out = run(folder, tmp_path / "ds", clip)
     data = load_dataset(out)
     table = data.table
-    assert list(table.columns) == ["id", "path", "class", "caption", "prompt_1", "prob_1", "prompt_2", "prob_2",
-                                   "prompt_3", "prob_3"]
+    assert list(table.columns) == ["id", "path", "class", "caption", "kind", "kind_prob", "prompt_1", "prob_1",
+                                   "prompt_2", "prob_2", "prompt_3", "prob_3"]
     assert table["path"].tolist() == GOOD
     assert table["class"].tolist() == ["", "fresh", "fresh", "rotten", "rotten"]
     assert table["id"].tolist() == ["flat", "fresh/a0", "fresh/a1", "rotten/deep/r1", "rotten/r0"]
     probs = table[["prob_1", "prob_2", "prob_3"]].to_numpy()
     assert (np.diff(probs, axis=1) <= 0).all() and (probs > 0).all() and (probs.sum(axis=1) <= 1 + 1e-5).all()
-    for _, row in table.iterrows():
+    kinds = clip.probabilities([folder / path for path in GOOD], KB.kind_sentences())
+    for (_, row), kind_probs in zip(table.iterrows(), kinds):
         top = [(row[f"prompt_{i}"], row[f"prob_{i}"]) for i in (1, 2, 3)]
-        assert row["caption"] == summarize(top, KB)
+        best = int(kind_probs.argmax())  # CLIP's likeliest kind names the product
+        assert row["kind"] == KB.kinds[best].id and row["kind_prob"] == pytest.approx(kind_probs[best].item(), abs=1e-4)
+        assert row["caption"] == summarize(top, KB, kind=row["kind"])
     # Row i of the embeddings is the image of CSV row i (decoded and encoded outside the pipeline).
     expected = clip.encode_images([folder / path for path in GOOD])
     assert data.embeddings.shape == (5, clip.embed_dim)

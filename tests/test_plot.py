@@ -4,8 +4,8 @@ import pytest
 from PIL import Image
 
 from utils.plot import (
-    PANEL_GAP, TITLE_HEIGHT, combined_overlay, display_size, individual_overlay, legend_entries,
-    map_to_image, normalize_map, title_for,
+    PANEL_GAP, combined_overlay, display_size, individual_overlay, legend_entries,
+    map_to_image, normalize_map, percent_text, title_for,
 )
 
 GRID = 7
@@ -33,7 +33,7 @@ def expected_hot_spot(width, height, row=HOT_ROW, col=HOT_COL):
 
 
 def right_panel(picture, width, height):
-    return np.asarray(picture)[TITLE_HEIGHT:TITLE_HEIGHT + height, width + PANEL_GAP:width * 2 + PANEL_GAP]
+    return np.asarray(picture)[:height, width + PANEL_GAP:width * 2 + PANEL_GAP]
 
 
 def dimmed(rgb):
@@ -86,7 +86,7 @@ def test_outside_the_crop_is_dimmed_and_never_coloured(width, height):
     outside[top:bottom, left:right] = False
     assert np.abs(overlay[outside] - dimmed(rgb)[outside]).max() <= 1
     assert np.abs(overlay[~outside] - rgb[~outside]).mean() > 20  # threshold 0 colours the whole crop
-    original = np.asarray(picture)[TITLE_HEIGHT:, :width]
+    original = np.asarray(picture)[:height, :width]
     assert np.array_equal(original, rgb)  # the left panel is the untouched photo
 
 
@@ -187,13 +187,13 @@ def test_output_types_and_sizes(width, height):
     assert max(shown_w, shown_h) == 448 and abs(shown_w / shown_h - width / height) < 0.01
     single = individual_overlay(Image.fromarray(rgb), hot_map(), "green mold - 62.3%")
     assert isinstance(single, Image.Image) and single.mode == "RGB"
-    assert single.size == (2 * shown_w + PANEL_GAP, shown_h + TITLE_HEIGHT)
+    assert single.width == 2 * shown_w + PANEL_GAP and single.height > shown_h  # the title strip below
     combined = combined_overlay(rgb, [hot_map(), np.random.default_rng(0).random((224, 224))], ["a", "b"],
                                 [0.7, 0.3])
     assert isinstance(combined, Image.Image) and combined.mode == "RGB"
     assert combined.width == shown_w and combined.height > shown_h
-    assert individual_overlay(rgb, hot_map(), "t", long_side=None).size == (2 * width + PANEL_GAP,
-                                                                            height + TITLE_HEIGHT)
+    unscaled = individual_overlay(rgb, hot_map(), "t", long_side=None)
+    assert unscaled.width == 2 * width + PANEL_GAP and unscaled.height > height
 
 
 def test_normalize_map_keeps_nan_and_flattens_constant_maps():
@@ -216,3 +216,23 @@ def test_long_text_is_cut_in_the_middle_so_the_percentage_stays():
     short = _fit_text("a very long description of a deep bruise near the stem (30.0%)", font, 200)
     assert "…" in short and short.endswith("(30.0%)") and font.getlength(short) <= 200
     assert _fit_text("fresh (2.0%)", font, 200) == "fresh (2.0%)"
+
+
+def test_small_probabilities_keep_their_digits():
+    assert [percent_text(p) for p in (0.623, 0.005, 0.00043, 0.0)] == ["62.3%", "0.5%", "0.043%", "0.0%"]
+
+
+@pytest.mark.parametrize("title", ["green mold - 62.3%", "caption: " + "a pear with a very long caption " * 4])
+def test_titles_and_colour_bar_labels_sit_below_the_pictures_in_text_that_scales(title):
+    """The text strip holds dark text (title, "low", "high") at a size that grows with the picture, and the
+    strip's top rows over the right end (where an app puts its image buttons) stay clear of the picture."""
+    from utils.plot import title_font_size
+
+    rgb = photo(448, 336)
+    picture = np.asarray(individual_overlay(rgb, hot_map(), title, long_side=None))
+    strip = picture[336:]
+    dark = strip.sum(axis=2) < 150
+    rows = np.flatnonzero(dark.any(axis=1))
+    assert title_font_size(picture.shape[1]) >= picture.shape[1] / 25
+    assert rows.size and rows.max() - rows.min() >= 0.6 * title_font_size(picture.shape[1])  # text, not a hairline
+    assert np.array_equal(picture[:336, :448], rgb)  # nothing drawn over the photo

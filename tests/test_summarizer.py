@@ -125,3 +125,22 @@ def test_always_one_well_formed_sentence(kb, data):
     top_defect = max([p for prompt, p in pairs if not prompt.healthy], default=0)
     if healthy + defect > 0:  # ties between the top healthy and top defect prompt go to the defect
         assert sentence.startswith("A fresh") == (healthy >= defect or top_healthy > top_defect)
+
+
+@pytest.mark.parametrize("kind,expected", [
+    ("apple", "An apple with green mold and a brown bruise."),
+    ("pear", "A pear with green mold and a brown bruise."),
+    (None, "A fruit with green mold and a brown bruise."),
+])
+def test_a_known_kind_names_the_product(kind, expected):
+    probabilities = ask(FRUIT, green_mold=0.5, bruise=0.3, fresh=0.1)
+    assert summarize(probabilities, FRUIT, kind=kind) == expected
+    assert summarize(probabilities, FRUIT, kind=FRUIT.kind(kind) if kind else None) == expected
+
+
+def test_a_fresh_item_of_a_known_kind():
+    assert summarize(ask(FRUIT, fresh=0.8, rot=0.2), FRUIT, kind="orange") == "A fresh orange with smooth unblemished skin."
+    assert summarize(ask(FRUIT, fresh=0.42, rot=0.45, cut=0.13), FRUIT, kind="apple") == \
+        "An apple that may have soft brown rot and a cut in the skin."
+    with pytest.raises(KeyError, match="no kind 'plum'"):
+        summarize(ask(FRUIT, fresh=1.0), FRUIT, kind="plum")

@@ -4,7 +4,8 @@
 
 Writes the dataset directory that train/train.py reads (format in utils/data.py): embeddings.safetensors,
 caption_mapping.csv (id, path, class, caption, prompt_1, prob_1, ...), failed_images.txt (path and reason
-for every corrupt, non-image or too large file) and manifest.json.
+for every corrupt, non-image or too large file) and manifest.json. When the knowledge base lists product
+kinds, CLIP also picks the kind (columns kind, kind_prob) and the caption names it ("An apple with ...").
 
 Folder: searched recursively for image files (hidden files and folders skipped). The first sub-folder is
 the image's class (photos/rotten/a.jpg -> "rotten"); images directly in the folder get class "".
@@ -77,7 +78,7 @@ def label_folder(image_dir, out_dir, clip, knowledge, top_k=5, batch_size=64, wo
                             shard_index=shard_index, num_shards=num_shards)
     if encoded is None:
         return out  # this process's shards are done; a run without shard_index merges
-    table = label_table(encoded, kb, inputs["top_k"], prior, prior_weight)
+    table = label_table(encoded, kb, inputs["top_k"], prior, prior_weight, kind_probabilities(clip, encoded, kb))
     finish_output(out, encoded.embeddings, table, inputs, encoded.failed)
     return out
 
@@ -155,8 +156,21 @@ def apply_class_prior(probabilities, classes, prior, knowledge, weight=PRIOR_WEI
     return scaled / scaled.sum(dim=1, keepdim=True)
 
 
-def label_table(encoded, knowledge, top_k, prior=None, prior_weight=PRIOR_WEIGHT):
-    """DataFrame: id, path, class, caption = summarize(top-k), prompt_i / prob_i (prompt ids, probabilities)."""
+def kind_probabilities(clip, encoded, knowledge):
+    """[n, kinds] CLIP softmax over the knowledge base's kind prompts (None without kinds)."""
+    if not knowledge.kinds:
+        return None
+    import torch
+
+    with torch.no_grad():
+        features = encoded.embeddings.to(clip.device)
+        return clip.logits(features, knowledge.kind_sentences()).softmax(dim=-1).float().cpu()
+
+
+def label_table(encoded, knowledge, top_k, prior=None, prior_weight=PRIOR_WEIGHT, kinds=None):
+    """DataFrame: id, path, class, caption = summarize(top-k, kind), [kind, kind_prob when the knowledge base
+    has kinds: CLIP's likeliest kind and its probability, from `kinds` [n, kinds]], prompt_i / prob_i
+    (prompt ids, probabilities)."""
     import pandas as pd
 
     from utils.data import class_of
@@ -167,9 +181,13 @@ def label_table(encoded, knowledge, top_k, prior=None, prior_weight=PRIOR_WEIGHT
     values, indices = probabilities.topk(top_k, dim=1)
     values, indices = values.tolist(), indices.tolist()
     prompts, ids = knowledge.prompts, knowledge.ids()
+    kind_p, kind_ix = kinds.max(dim=1) if kinds is not None else (None, None)
+    best = [None] * len(indices) if kinds is None else [knowledge.kinds[i] for i in kind_ix.tolist()]
     table = {"id": make_ids(encoded.names), "path": encoded.names, "class": classes,
-             "caption": [summarize([(prompts[j], p) for j, p in zip(row_ix, row_p)], knowledge)
-                         for row_ix, row_p in zip(indices, values)]}
+             "caption": [summarize([(prompts[j], p) for j, p in zip(row_ix, row_p)], knowledge, kind=kind)
+                         for row_ix, row_p, kind in zip(indices, values, best)]}
+    if kinds is not None:
+        table.update(kind=[kind.id for kind in best], kind_prob=[round(p, 6) for p in kind_p.tolist()])
     for rank in range(top_k):
         table[f"prompt_{rank + 1}"] = [ids[row[rank]] for row in indices]
         table[f"prob_{rank + 1}"] = [round(row[rank], 6) for row in values]

@@ -3,7 +3,8 @@
 A dataset is a directory (written by train/label.py and train/importers.py, read by training/evaluation):
     embeddings.safetensors   tensor "embeddings" [N, D] float32; row i belongs to CSV row i
     caption_mapping.csv      id, path, class, caption, then prompt_1, prob_1, ..., prompt_k, prob_k
-                             (path relative to manifest["source"]; prompt columns hold prompt ids)
+                             (path relative to manifest["source"]; prompt columns hold prompt ids);
+                             with a knowledge base that lists kinds, kind and kind_prob after caption
     failed_images.txt        "path<TAB>reason" per image that could not be used
     manifest.json            clip, embed_dim, knowledge, knowledge_hash, top_k, count, failed, source, created
                              (knowledge / knowledge_hash are null for imported captions)
@@ -106,7 +107,7 @@ def load_dataset(directory) -> LabeledDataset:
     except (OSError, KeyError, ValueError) as error:
         raise DatasetError(f"{directory}: cannot read the dataset ({error})") from error
     for column in table.columns:
-        if column.startswith("prob_"):
+        if column.startswith("prob_") or column == "kind_prob":
             table[column] = pd.to_numeric(table[column].replace("", np.nan))
     if list(table.columns[:4]) != BASE_COLUMNS:
         raise DatasetError(f"{directory / CAPTIONS}: columns must start with {BASE_COLUMNS}")

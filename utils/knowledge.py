@@ -10,6 +10,9 @@ File format (YAML or JSON):
         - {id: fresh, text: smooth unblemished skin, healthy: true}
       mold:
         - {id: green_mold, text: green mold, severity: severe}   # healthy defaults to false
+    kinds:                                       # optional: the product kinds CLIP picks from, so captions
+      - apple                                    # say "An apple with ..." instead of "A fruit with ..."
+      - {id: pear, noun: pear, prompt: "a photo of a pear"}   # defaults: noun = id, prompt "a photo of a/an NOUN"
 """
 from __future__ import annotations
 
@@ -25,9 +28,13 @@ import yaml
 SEVERITIES = ("mild", "moderate", "severe")
 BUILTIN = {"fruit": Path(__file__).with_name("fruit_knowledge.yaml")}
 SUFFIXES = (".yaml", ".yml", ".json")
-_TOP_KEYS = ("name", "domain", "template", "prompts")
+_TOP_KEYS = ("name", "domain", "template", "prompts", "kinds")
 _PROMPT_KEYS = ("id", "text", "healthy", "severity")
+_KIND_KEYS = ("id", "noun", "prompt")
 _ID = re.compile(r"[A-Za-z0-9_.-]+")  # ids end up in CSV columns and file names
+# Spelling says vowel but sound says consonant ("a unicorn"), and the reverse ("an hour").
+_A_BEFORE = ("uni", "use", "usu", "uti", "ure", "eu", "ewe", "one", "once")
+_AN_BEFORE = ("hour", "honest", "honor", "honour", "heir")
 
 
 class KnowledgeError(ValueError):
@@ -44,11 +51,20 @@ class Prompt:
 
 
 @dataclass(frozen=True)
+class Kind:
+    """A product kind: the noun captions use ("apple") and the sentence CLIP ranks against the other kinds."""
+    id: str
+    noun: str
+    prompt: str
+
+
+@dataclass(frozen=True)
 class KnowledgeBase:
     name: str
     domain: str
     template: str
     prompts: tuple[Prompt, ...]
+    kinds: tuple[Kind, ...] = ()  # optional; without kinds captions use the domain noun
 
     def sentences(self) -> list[str]:
         """The texts fed to CLIP, one per prompt, in prompt order."""
@@ -66,6 +82,17 @@ class KnowledgeBase:
         except ValueError:
             raise KeyError(f"no prompt {id!r} in knowledge base {self.name!r}") from None
 
+    def kind_sentences(self) -> list[str]:
+        """The texts CLIP ranks to pick the product kind, one per kind (empty without kinds)."""
+        return [kind.prompt for kind in self.kinds]
+
+    def kind(self, id: str) -> Kind:
+        for kind in self.kinds:
+            if kind.id == id:
+                return kind
+        known = ", ".join(k.id for k in self.kinds) or "none"
+        raise KeyError(f"no kind {id!r} in knowledge base {self.name!r} (kinds: {known})")
+
     def categories(self) -> list[str]:
         return list(dict.fromkeys(p.category for p in self.prompts))
 
@@ -77,7 +104,10 @@ class KnowledgeBase:
             if p.severity:
                 entry["severity"] = p.severity
             groups.setdefault(p.category, []).append(entry)
-        return {"name": self.name, "domain": self.domain, "template": self.template, "prompts": groups}
+        data = {"name": self.name, "domain": self.domain, "template": self.template, "prompts": groups}
+        if self.kinds:  # only when present: a base without kinds keeps the hash it always had
+            data["kinds"] = [{"id": k.id, "noun": k.noun, "prompt": k.prompt} for k in self.kinds]
+        return data
 
     def hash(self) -> str:
         """Short sha256 of what decides labels; the name is left out so a renamed copy stays compatible."""
@@ -201,7 +231,52 @@ def _parse(data, source: str) -> KnowledgeBase:
         fail("prompts", "no healthy prompts (mark at least one 'healthy: true' so a fresh item can come out fresh)")
     if all(p.healthy for p in prompts):
         fail("prompts", "no defect prompts (every prompt is marked 'healthy: true')")
-    return KnowledgeBase(name, domain, template, tuple(prompts))
+    return KnowledgeBase(name, domain, template, tuple(prompts), _kinds(data.get("kinds"), fail))
+
+
+def _kinds(entries, fail) -> tuple[Kind, ...]:
+    if entries is None:
+        return ()
+    if not isinstance(entries, list) or not entries:
+        fail("kinds", "expected a non-empty list of kinds, e.g. [{id: apple}, {id: pear}]")
+    kinds, first_seen = [], {}
+    for i, entry in enumerate(entries):
+        where = f"kinds[{i}]"
+        kind = _kind(entry, where, fail)
+        for key, value in (("id", kind.id), ("prompt", kind.prompt)):
+            if (key, value) in first_seen:
+                fail(where, f"duplicate {key} {value!r} (first at {first_seen[key, value]})")
+            first_seen[key, value] = where
+        kinds.append(kind)
+    return tuple(kinds)
+
+
+def _kind(entry, where, fail) -> Kind:
+    if isinstance(entry, str):
+        entry = {"id": entry}
+    if not isinstance(entry, dict):
+        fail(where, "expected a mapping with 'id' (and optionally 'noun' and 'prompt')")
+    for key in entry:
+        if key not in _KIND_KEYS:
+            fail(where, f"unknown key {key!r} (expected {', '.join(_KIND_KEYS)})")
+    if "id" not in entry:
+        fail(where, "missing 'id'")
+    id = _text(entry["id"], f"{where}.id", fail)
+    if not _ID.fullmatch(id):
+        fail(f"{where}.id", f"{id!r}: use only letters, digits, '_', '.' and '-'")
+    noun = _text(entry.get("noun", id.replace("_", " ")), f"{where}.noun", fail)
+    default_prompt = f"a photo of {indefinite_article(noun) or 'a'} {noun}"
+    return Kind(id, noun, _text(entry.get("prompt", default_prompt), f"{where}.prompt", fail))
+
+
+def indefinite_article(word: str) -> str | None:
+    """ "a" or "an" for the next word, or None when it does not start with a letter (keep as written)."""
+    word = word.lower().lstrip("\"'(")
+    if not word[:1].isalpha():
+        return None
+    if word.startswith(_AN_BEFORE):
+        return "an"
+    return "an" if word[0] in "aeiou" and not word.startswith(_A_BEFORE) else "a"
 
 
 def _prompt(entry, category, where, fail) -> Prompt:

@@ -18,13 +18,15 @@ from utils.images import center_crop_box, load_image
 
 DISPLAY_LONG_SIDE = 448  # large enough to read, small enough to draw fast
 DIM_FACTOR = 0.5  # brightness kept outside the crop
-TITLE_HEIGHT = 28
 PANEL_GAP = 4
-LEGEND_ROW = 22
 LEGEND_PAD = 6
-SWATCH = 14
-TITLE_FONT_SIZE = 16
-LEGEND_FONT_SIZE = 14
+# Text scales with the picture, since the app shows it scaled to fit: a gallery tile or a phone shows a
+# 900 px overlay about 330 px wide, where width / 24 still makes 12 px text, and the combined view gets a
+# 400 px high slot (tests/test_browser.py checks both).
+TITLE_SCALE = 24
+LEGEND_SCALE = 20
+MIN_FONT = 14
+TITLE_LINES = 2
 BACKGROUND = 255  # white
 TEXT_COLOR = (20, 20, 20)
 _INTERPOLATION = {"bilinear": cv2.INTER_LINEAR, "cubic": cv2.INTER_CUBIC, "nearest": cv2.INTER_NEAREST}
@@ -46,7 +48,21 @@ class LegendEntry(NamedTuple):
 
 
 def percent_text(prob):
-    return f"{100.0 * float(prob):.1f}%"
+    """ "62.3%"; under 1% two significant digits ("0.52%"), so a small probability never reads as 0%."""
+    percent = 100.0 * float(prob)
+    if percent == 0 or abs(percent) >= 0.995:
+        return f"{percent:.1f}%"
+    return f"{percent:.2g}%"
+
+
+def title_font_size(width):
+    """Pixel size of an individual overlay's title (and colour-bar labels) on a picture `width` wide."""
+    return max(MIN_FONT, round(width / TITLE_SCALE))
+
+
+def legend_font_size(size):
+    """Pixel size of the combined overlay's legend text under a panel of this (width, height)."""
+    return max(MIN_FONT, round(max(size) / LEGEND_SCALE))
 
 
 def title_for(label, prob):
@@ -135,15 +151,27 @@ def combined_panel(image, heatmaps, probs, threshold=0.5, alpha=0.5, alpha_by_pr
 
 def individual_overlay(image, heatmap, title, alpha=0.5, threshold=0.0, cmap="jet",
                        long_side=DISPLAY_LONG_SIDE):
-    """PIL image: title strip (with a colour bar) over original | overlay, side by side."""
+    """PIL image: original | overlay side by side, over a strip with the title and a low-to-high colour bar.
+    The text sits below the pictures, where no image button of the app ever covers it."""
     original = _display_rgb(image, long_side)
     overlay = overlay_panel(original, heatmap, alpha, threshold, cmap, long_side=None)
     height, width = original.shape[:2]
-    canvas = np.full((TITLE_HEIGHT + height, 2 * width + PANEL_GAP, 3), BACKGROUND, dtype=np.uint8)
-    canvas[TITLE_HEIGHT:, :width] = original
-    canvas[TITLE_HEIGHT:, width + PANEL_GAP:] = overlay
+    canvas_width = 2 * width + PANEL_GAP
+    font = _font(title_font_size(canvas_width))
+    bar = _colour_bar(cmap, font, canvas_width)
+    lines = _wrap(str(title), font, canvas_width - bar.width - 3 * LEGEND_PAD)
+    line_height = round(font.size * 1.3)
+    strip = max(len(lines) * line_height, bar.height) + 2 * LEGEND_PAD
+    canvas = np.full((height + strip, canvas_width, 3), BACKGROUND, dtype=np.uint8)
+    canvas[:height, :width] = original
+    canvas[:height, width + PANEL_GAP:] = overlay
     picture = Image.fromarray(canvas)
-    _draw_title(picture, title, cmap)
+    draw = ImageDraw.Draw(picture)
+    top = height + LEGEND_PAD + (strip - 2 * LEGEND_PAD - len(lines) * line_height) // 2
+    for index, line in enumerate(lines):
+        draw.text((LEGEND_PAD, top + index * line_height + line_height // 2), line, fill=TEXT_COLOR, font=font,
+                  anchor="lm")
+    picture.paste(bar, (canvas_width - bar.width - LEGEND_PAD, height + (strip - bar.height) // 2))
     return picture
 
 
@@ -154,13 +182,14 @@ def combined_overlay(image, heatmaps, labels, probs, threshold=0.5, alpha=0.5, a
         raise ValueError(f"{len(heatmaps)} maps, {len(labels)} labels, {len(probs)} probabilities")
     panel = combined_panel(image, heatmaps, probs, threshold, alpha, alpha_by_prob, palette, long_side)
     entries = legend_entries(labels, probs, palette)
-    font = _font(LEGEND_FONT_SIZE)
+    font = _font(legend_font_size(panel.shape[1::-1]))
     rows = _legend_rows(entries, panel.shape[1], font)
-    height = panel.shape[0] + (len(rows) * LEGEND_ROW + 2 * LEGEND_PAD if rows else 0)
+    row_height = round(font.size * 1.5)
+    height = panel.shape[0] + (len(rows) * row_height + 2 * LEGEND_PAD if rows else 0)
     canvas = np.full((height, panel.shape[1], 3), BACKGROUND, dtype=np.uint8)
     canvas[:panel.shape[0]] = panel
     picture = Image.fromarray(canvas)
-    _draw_legend(picture, rows, panel.shape[0] + LEGEND_PAD, font)
+    _draw_legend(picture, rows, panel.shape[0] + LEGEND_PAD, font, row_height)
     return picture
 
 
@@ -250,23 +279,44 @@ def _fit_text(text, font, width):
     return short if font.getlength(short) <= width else ""
 
 
-def _draw_title(picture, title, cmap):
+def _wrap(text, font, width, max_lines=TITLE_LINES):
+    """Words flowed into at most `max_lines` lines of `width` pixels; the last one is cut in the middle
+    when the text is longer (its end, e.g. the percentage, survives)."""
+    lines, words = [], text.split()
+    while words and len(lines) < max_lines - 1:
+        count = len(words)
+        while count > 1 and font.getlength(" ".join(words[:count])) > width:
+            count -= 1
+        lines.append(" ".join(words[:count]))
+        words = words[count:]
+    if words:
+        lines.append(" ".join(words))
+    return [_fit_text(line, font, width) for line in lines] or [""]
+
+
+def _colour_bar(cmap, font, canvas_width):
+    """ "low [colour ramp] high" as a small RGB picture, as tall as the text."""
+    labels = ("low", "high")
+    ramp_width = max(40, canvas_width // 7)
+    gap = font.size // 3
+    label_widths = [int(font.getlength(label)) + 1 for label in labels]
+    height = round(font.size * 1.3)
+    picture = Image.new("RGB", (label_widths[0] + ramp_width + label_widths[1] + 2 * gap, height), (BACKGROUND,) * 3)
+    ramp = np.repeat(_lut(cmap)[np.linspace(0, 255, ramp_width).astype(int)][None], max(4, font.size * 2 // 3), axis=0)
+    picture.paste(Image.fromarray(ramp), (label_widths[0] + gap, (height - ramp.shape[0]) // 2))
     draw = ImageDraw.Draw(picture)
-    font = _font(TITLE_FONT_SIZE)
-    bar_width = min(120, picture.width // 4)
-    bar_left = picture.width - bar_width - LEGEND_PAD
-    bar = np.repeat(_lut(cmap)[np.linspace(0, 255, bar_width).astype(int)][None], 10, axis=0)
-    picture.paste(Image.fromarray(bar), (bar_left, (TITLE_HEIGHT - 10) // 2))
-    text = _fit_text(str(title), font, bar_left - 3 * LEGEND_PAD)
-    draw.text((LEGEND_PAD, TITLE_HEIGHT // 2), text, fill=TEXT_COLOR, font=font, anchor="lm")
+    draw.text((0, height // 2), labels[0], fill=TEXT_COLOR, font=font, anchor="lm")
+    draw.text((picture.width, height // 2), labels[1], fill=TEXT_COLOR, font=font, anchor="rm")
+    return picture
 
 
 def _legend_rows(entries, width, font):
     """Entries flowed left to right into rows that fit the width: [[(entry, text, x), ...], ...]."""
+    swatch = font.size
     rows, row, x = [], [], LEGEND_PAD
     for entry in entries:
-        text = _fit_text(entry.text, font, width - 2 * LEGEND_PAD - SWATCH - 5)
-        span = SWATCH + 5 + int(font.getlength(text)) + 16
+        text = _fit_text(entry.text, font, width - 2 * LEGEND_PAD - swatch - 5)
+        span = swatch + 5 + int(font.getlength(text)) + font.size
         if row and x + span > width:
             rows.append(row)
             row, x = [], LEGEND_PAD
@@ -275,11 +325,12 @@ def _legend_rows(entries, width, font):
     return rows + [row] if row else rows
 
 
-def _draw_legend(picture, rows, top, font):
+def _draw_legend(picture, rows, top, font, row_height):
     draw = ImageDraw.Draw(picture)
+    swatch = font.size
     for index, row in enumerate(rows):
-        middle = top + index * LEGEND_ROW + LEGEND_ROW // 2
+        middle = top + index * row_height + row_height // 2
         for entry, text, x in row:
-            swatch_top = middle - SWATCH // 2
-            draw.rectangle((x, swatch_top, x + SWATCH - 1, swatch_top + SWATCH - 1), fill=entry.rgb)
-            draw.text((x + SWATCH + 5, middle), text, fill=TEXT_COLOR, font=font, anchor="lm")
+            swatch_top = middle - swatch // 2
+            draw.rectangle((x, swatch_top, x + swatch - 1, swatch_top + swatch - 1), fill=entry.rgb)
+            draw.text((x + swatch + 5, middle), text, fill=TEXT_COLOR, font=font, anchor="lm")

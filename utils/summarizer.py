@@ -1,32 +1,31 @@
-"""Ranked knowledge-base prompts -> one plain sentence, e.g. "A fruit with green mold and a brown bruise"."""
+"""Ranked knowledge-base prompts -> one plain sentence, e.g. "An apple with green mold and a brown bruise"."""
 from __future__ import annotations
 
 import math
 
-from utils.knowledge import KnowledgeBase, Prompt
+from utils.knowledge import Kind, KnowledgeBase, Prompt, indefinite_article
 
 _SEVERITY_ORDER = {"severe": 0, "moderate": 1, "mild": 2}
 _DANGLING = {"a", "an", "the", "and", "or", "with", "of", "that", "may", "have"}
 _PUNCTUATION = " ,;:.!?"
-# Spelling says vowel but sound says consonant ("a unicorn"), and the reverse ("an hour").
-_A_BEFORE = ("uni", "use", "usu", "uti", "ure", "eu", "ewe", "one", "once")
-_AN_BEFORE = ("hour", "honest", "honor", "honour", "heir")
+HEALTHY_WORD = "fresh"
 
 
-def summarize(top_k, knowledge: KnowledgeBase, *, max_defects: int = 3, min_share: float = 0.1,
-              hedge_share: float = 0.4, healthy_word: str = "fresh") -> str:
+def summarize(top_k, knowledge: KnowledgeBase, *, kind: Kind | str | None = None, max_defects: int = 3,
+              min_share: float = 0.1, hedge_share: float = 0.4, healthy_word: str = HEALTHY_WORD) -> str:
     """One sentence for [(prompt, probability), ...] in any order.
 
     Healthy when the top prompt is healthy or healthy mass >= defect mass; otherwise up to `max_defects`
     defects by probability, dropping those under `min_share` of the total (the top one always stays).
     "may have" replaces "with" when healthy prompts still hold >= `hedge_share` of the mass.
-    A prompt may be a Prompt, or a string naming one by id, text or templated sentence.
+    A prompt may be a Prompt, or a string naming one by id, text or templated sentence. `kind` (a Kind or
+    a kind id of the knowledge base) names the product ("An apple with ..."); without one the domain noun.
     """
     weights = _merge(top_k, knowledge)
     total = sum(weights.values())
-    domain = knowledge.domain
+    noun = noun_for(kind, knowledge)
     if total <= 0:
-        return _sentence(f"a {domain}")
+        return _sentence(f"a {noun}")
     position = {id: i for i, id in enumerate(knowledge.ids())}
     # Ties go to defects (an inspector would rather look twice), then to the more severe, then file order.
     ranked = sorted(weights, key=lambda p: (-weights[p], p.healthy, _SEVERITY_ORDER.get(p.severity, 3),
@@ -34,11 +33,49 @@ def summarize(top_k, knowledge: KnowledgeBase, *, max_defects: int = 3, min_shar
     healthy_mass = sum(weights[p] for p in ranked if p.healthy)
     if ranked[0].healthy or healthy_mass >= total - healthy_mass:
         best = next(p for p in ranked if p.healthy)
-        return _sentence(f"a {healthy_word} {domain} with {best.text}")
+        return healthy_sentence(noun, best, healthy_word)
     defects = [p for p in ranked if not p.healthy]
     kept = defects[:1] + [p for p in defects[1:] if weights[p] >= min_share * total]
-    verb = "that may have" if healthy_mass >= hedge_share * total else "with"
-    return _sentence(f"a {domain} {verb} {_join(_phrases(kept)[:max(1, max_defects)])}")
+    return defect_sentence(noun, kept, hedged=healthy_mass >= hedge_share * total, max_defects=max_defects)
+
+
+def noun_for(kind, knowledge: KnowledgeBase) -> str:
+    """The noun a caption names the product by: the kind's (a Kind or a kind id), else the domain's."""
+    if kind is None:
+        return knowledge.domain
+    return kind.noun if isinstance(kind, Kind) else knowledge.kind(kind).noun
+
+
+def healthy_sentence(noun: str, prompt: Prompt, healthy_word: str = HEALTHY_WORD) -> str:
+    """ "A fresh apple with smooth unblemished skin." """
+    return _sentence(f"{opening(noun, 'healthy', healthy_word)} {' '.join(phrase_texts([prompt]))}")
+
+
+def defect_sentence(noun: str, prompts, hedged: bool = False, max_defects: int | None = None) -> str:
+    """ "An apple with green mold and a brown bruise." ("that may have" when hedged); the first
+    `max_defects` phrases, repeats dropped."""
+    phrases = phrase_texts(prompts)[:None if max_defects is None else max(1, max_defects)]
+    return _sentence(f"{opening(noun, 'hedged' if hedged else 'defect')} {join_phrases(phrases)}")
+
+
+def opening(noun: str, mode: str, healthy_word: str = HEALTHY_WORD) -> str:
+    """The words before the phrases: "A fresh apple with" (healthy), "An apple with" (defect),
+    "An apple that may have" (hedged)."""
+    words = {"healthy": f"a {healthy_word} {noun} with", "defect": f"a {noun} with",
+             "hedged": f"a {noun} that may have"}[mode]
+    text = " ".join(_fix_articles(words.split()))
+    return text[:1].upper() + text[1:]
+
+
+def phrase_texts(prompts) -> list[str]:
+    """Prompt texts as a sentence writes them: no leading connectives or end punctuation, right a/an;
+    duplicates (ignoring an article) dropped."""
+    return [" ".join(_fix_articles(phrase.split())) for phrase in _phrases(prompts)]
+
+
+def join_phrases(phrases: list[str]) -> str:
+    """ "a, b and c" """
+    return " and ".join(phrases) if len(phrases) <= 2 else ", ".join(phrases[:-1]) + " and " + phrases[-1]
 
 
 def _merge(top_k, knowledge: KnowledgeBase) -> dict[Prompt, float]:
@@ -76,10 +113,6 @@ def _phrases(prompts) -> list[str]:
     return phrases
 
 
-def _join(phrases: list[str]) -> str:
-    return " and ".join(phrases) if len(phrases) <= 2 else ", ".join(phrases[:-1]) + " and " + phrases[-1]
-
-
 def _sentence(text: str) -> str:
     """Tidy whatever the prompt texts produced: no doubled or dangling words, right a/an, one full stop."""
     words = []
@@ -88,19 +121,16 @@ def _sentence(text: str) -> str:
             words.append(word)
     while len(words) > 1 and words[-1].strip(_PUNCTUATION).lower() in _DANGLING | {""}:
         words.pop()
-    for i, word in enumerate(words[:-1]):
-        if word.lower() in ("a", "an"):
-            article = _article(words[i + 1]) or word.lower()
-            words[i] = article.capitalize() if word[0].isupper() else article
-    sentence = " ".join(words).rstrip(_PUNCTUATION)
+    sentence = " ".join(_fix_articles(words)).rstrip(_PUNCTUATION)
     return sentence[:1].upper() + sentence[1:] + "."
 
 
-def _article(word: str) -> str | None:
-    """ "a" or "an" for the next word, or None when it does not start with a letter (keep as written)."""
-    word = word.lower().lstrip("\"'(")
-    if not word[:1].isalpha():
-        return None
-    if word.startswith(_AN_BEFORE):
-        return "an"
-    return "an" if word[0] in "aeiou" and not word.startswith(_A_BEFORE) else "a"
+def _fix_articles(words: list[str]) -> list[str]:
+    """ "a" or "an", whichever the next word needs, keeping the capital."""
+    words = list(words)
+    for i, word in enumerate(words[:-1]):
+        if word.lower() in ("a", "an"):
+            article = indefinite_article(words[i + 1]) or word.lower()
+            words[i] = article.capitalize() if word[0].isupper() else article
+    return words
+

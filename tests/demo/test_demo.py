@@ -11,9 +11,9 @@ from models.clip import CLIPW
 from models.lm import CACHE_DIR
 from demo import evaluate as eval_demo
 from demo.build import build_demo, is_complete
-from demo.pretrain_clip import (PretrainOptions, build_clip, load_defect_masks, patch_targets, pretrain_clip,
+from demo.pretrain_clip import (PretrainOptions, build_clip, kind_targets, load_defect_masks, patch_targets, pretrain_clip,
                                  prompt_targets, text_tokens, train_loss)
-from utils.knowledge import load_knowledge
+from utils.knowledge import KnowledgeBase, load_knowledge
 from demo.world import load_truth, write_world
 
 TINY_CLIP = dict(image_size=32, patch_size=8, width=32, layers=2, heads=2, text_width=32, text_layers=1,
@@ -36,6 +36,17 @@ def test_prompt_targets_are_distributions_over_the_true_prompts(world):
         on = {kb.ids()[i] for i in torch.nonzero(row).flatten().tolist()}
         assert on == (set(kinds) if kinds else {p.id for p in kb.prompts if p.healthy})
         assert (row[healthy].sum() == 0) == bool(kinds)
+
+
+def test_kind_targets_follow_the_worlds_fruit_and_name_unknown_kinds(world):
+    kb, truth = load_knowledge("fruit"), load_truth(world)
+    targets = kind_targets(truth, kb)
+    assert [kb.kinds[i].id for i in targets.tolist()] == list(truth["fruit"])
+    without = KnowledgeBase.from_dict({k: v for k, v in kb.to_dict().items() if k != "kinds"})
+    assert kind_targets(truth, without) is None
+    few = KnowledgeBase.from_dict({**kb.to_dict(), "kinds": ["apple"]})
+    with pytest.raises(ValueError, match="fruit kinds .* that knowledge base 'fruit' lacks"):
+        kind_targets(truth, few)
 
 
 def test_patch_targets_put_a_patchs_defect_cover_on_its_prompt():
@@ -101,7 +112,11 @@ def test_pretrained_clip_loads_like_a_real_one_and_beats_chance(world, tmp_path)
     on_truth = (probs * (targets > 0)).sum(dim=1).mean().item()
     chance = (targets > 0).sum(dim=1).float().mean().item() / len(kb.prompts)
     assert on_truth > chance + 0.05
+    kinds = clip.probabilities([Path(world) / p for p in truth["path"]], kb.kind_sentences()).argmax(dim=1)
+    kind_accuracy = np.mean([kb.kinds[i].id == fruit for i, fruit in zip(kinds.tolist(), truth["fruit"])])
+    assert kind_accuracy > 1 / len(kb.kinds) + 0.1  # it learned the fruit kinds, so labels can name them
     saved = json.loads((out / "pretrain.json").read_text())
+    assert saved["train_kind_accuracy"] == pytest.approx(kind_accuracy, abs=0.01)
     assert saved["options"]["epochs"] == 12 and saved["world"]["seed"] == 0
     stamp = (out / "model.safetensors").stat().st_mtime_ns
     pretrain_clip(world, out, "fruit", progress=False, epochs=12, **TINY_CLIP)  # finished: left alone

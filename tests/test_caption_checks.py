@@ -1,0 +1,29 @@
+import pytest
+
+from utils.caption_checks import named_defects, named_kinds, repeated_phrase, says_healthy
+from utils.knowledge import load_knowledge
+
+FRUIT = load_knowledge("fruit")
+
+
+@pytest.mark.parametrize("caption,repeat", [
+    ("A fruit with a cut in the skin and a cut in the skin.", "a cut"),
+    ("A fruit with white fuzzy mold, a brown bruise and white fuzzy mold.", "white fuzzy"),
+    ("An apple with green mold and white fuzzy mold.", None),  # "mold" twice, as two different molds
+    ("A pear with green mold, a brown bruise and a cut in the skin.", None),  # "and a" is no phrase
+])
+def test_repeated_phrases(caption, repeat):
+    assert repeated_phrase(caption) == repeat
+
+
+def test_named_defects_need_the_whole_phrase():
+    assert named_defects("A fruit with blue mold and a cut.", FRUIT) == ["blue_mold"]  # "a cut" is not the cut phrase
+    assert named_defects("An apple with White Fuzzy Mold and a cut in the skin.", FRUIT) == ["white_mold", "cut"]
+    assert named_defects("A fresh pear with smooth unblemished skin.", FRUIT) == []
+
+
+def test_kinds_and_healthy():
+    assert named_kinds("Two bananas and an apple with dark spots.", FRUIT) == ["apple", "banana"]
+    assert named_kinds("A fruit with rot.", FRUIT) == []
+    assert says_healthy("A fresh pear with smooth unblemished skin.", FRUIT)
+    assert not says_healthy("A fresh pear with dark spots.", FRUIT)
