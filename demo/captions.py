@@ -6,7 +6,7 @@
 Rows: the auto-labeler's captions for these images (what a captioner is taught: the knowledge base's summary
 of CLIP's top 3 and CLIP's kind), then the captioner under each decoding: "old" (no repeat ban: the decoding
 before issue 15), "default" (GenerationOptions()), "constrained" (knowledge-base sentences only), "beam"
-(4 beams with the defaults), "ngram3" (no repeated 3-token runs instead of pairs). Columns (utils/caption_checks.py does the matching):
+(4 beams with the defaults), "ngram3" (no repeated 3-token runs instead of pairs). Columns (utils.caption_words.py does the matching):
   repeated     captions with a repeated phrase (a word pair that occurs twice, not both fillers)
   absent       captions naming a defect the item does not have
   primary      defect items whose caption names their primary defect (the largest)
@@ -54,7 +54,7 @@ def scores(captions, truth, knowledge):
     """The bench's columns for one list of captions (one per world item)."""
     import numpy as np
 
-    from utils.caption_checks import named_defects, named_kinds, repeated_phrase, says_healthy
+    from utils.caption_words import named_defects, named_kinds, repeated_phrase, says_healthy
 
     defects = [[d for d in row.split(";") if d] for row in truth["defects"]]
     named = [set(named_defects(c, knowledge)) for c in captions]
@@ -98,7 +98,7 @@ def teacher_captions(clip, embeddings, knowledge, top_k=3):
 
 
 def bad_examples(captions, truth, knowledge, count):
-    from utils.caption_checks import named_defects, repeated_phrase
+    from utils.caption_words import named_defects, repeated_phrase
 
     out = []
     for caption, defects in zip(captions, truth["defects"]):

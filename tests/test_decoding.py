@@ -12,7 +12,7 @@ from models.config import CaptionerConfig, GenerationOptions
 from models.constrained import CaptionGrammar
 from models.inspector import Inspector
 from models.vlm import ClipCaptioner
-from utils.caption_checks import repeated_phrase
+from utils.caption_words import repeated_phrase
 from utils.knowledge import load_knowledge
 from utils.summarizer import defect_sentence, healthy_sentence
 

@@ -36,3 +36,21 @@ def named_defects(caption, knowledge):
 def says_healthy(caption, knowledge):
     """The caption calls the item good: a healthy word ("fresh") or a healthy prompt's words."""
     return bool(HEALTHY_WORDS & words(caption)) or bool(named_prompts(caption, knowledge, healthy=True))
+
+
+def named_kinds(caption, knowledge):
+    """Ids of the product kinds whose noun (or its plural) the caption holds, in file order."""
+    said = words(caption)
+    return [k.id for k in knowledge.kinds if words(k.noun) <= said or words(k.noun + "s") <= said]
+
+
+def repeated_phrase(caption):
+    """The first word pair that occurs twice ("a cut" in "a cut in the skin and a cut in the skin"), unless both
+    words are fillers ("and a"); None when nothing repeats. A looping caption is what it catches."""
+    said = re.findall(r"[a-z]+", str(caption).lower())
+    seen = set()
+    for pair in zip(said, said[1:]):
+        if pair in seen and not set(pair) <= FILLER:
+            return " ".join(pair)
+        seen.add(pair)
+    return None

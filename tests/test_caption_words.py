@@ -1,6 +1,6 @@
 import pytest
 
-from utils.caption_checks import named_defects, named_kinds, repeated_phrase, says_healthy
+from utils.caption_words import named_defects, named_kinds, repeated_phrase, says_healthy
 from utils.knowledge import load_knowledge
 
 FRUIT = load_knowledge("fruit")
@@ -16,9 +16,10 @@ def test_repeated_phrases(caption, repeat):
     assert repeated_phrase(caption) == repeat
 
 
-def test_named_defects_need_the_whole_phrase():
-    assert named_defects("A fruit with blue mold and a cut.", FRUIT) == ["blue_mold"]  # "a cut" is not the cut phrase
+def test_named_defects_need_every_key_word_in_any_order():
     assert named_defects("An apple with White Fuzzy Mold and a cut in the skin.", FRUIT) == ["white_mold", "cut"]
+    assert named_defects("Mold, white and fuzzy, on a pear", FRUIT) == ["white_mold"]
+    assert named_defects("A fruit with fuzzy mold.", FRUIT) == []  # "white" missing: no prompt named
     assert named_defects("A fresh pear with smooth unblemished skin.", FRUIT) == []
 
 
@@ -26,4 +27,4 @@ def test_kinds_and_healthy():
     assert named_kinds("Two bananas and an apple with dark spots.", FRUIT) == ["apple", "banana"]
     assert named_kinds("A fruit with rot.", FRUIT) == []
     assert says_healthy("A fresh pear with smooth unblemished skin.", FRUIT)
-    assert not says_healthy("A fresh pear with dark spots.", FRUIT)
+    assert not says_healthy("A pear with dark spots.", FRUIT)
