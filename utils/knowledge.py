@@ -4,6 +4,7 @@ File format (YAML or JSON):
 
     name: fruit                                  # optional, defaults to the file name
     domain: fruit                                # the noun captions use ("A fruit with ...")
+    healthy_word: fresh                          # optional: "A fresh fruit with ..." (default fresh)
     template: "a photo of a {domain} with {prompt}"
     prompts:                                     # category -> list of prompts, in ranking order
       healthy:
@@ -23,9 +24,11 @@ from pathlib import Path
 import yaml
 
 SEVERITIES = ("mild", "moderate", "severe")
-BUILTIN = {"fruit": Path(__file__).with_name("fruit_knowledge.yaml")}
+BUILTIN = {"fruit": Path(__file__).with_name("fruit_knowledge.yaml"),
+           "solar_cell": Path(__file__).with_name("solar_cell_knowledge.yaml")}
+HEALTHY_WORD = "fresh"
 SUFFIXES = (".yaml", ".yml", ".json")
-_TOP_KEYS = ("name", "domain", "template", "prompts")
+_TOP_KEYS = ("name", "domain", "healthy_word", "template", "prompts")
 _PROMPT_KEYS = ("id", "text", "healthy", "severity")
 _ID = re.compile(r"[A-Za-z0-9_.-]+")  # ids end up in CSV columns and file names
 
@@ -49,6 +52,7 @@ class KnowledgeBase:
     domain: str
     template: str
     prompts: tuple[Prompt, ...]
+    healthy_word: str = HEALTHY_WORD  # how a caption calls a good item ("A fresh fruit", "A functional cell")
 
     def sentences(self) -> list[str]:
         """The texts fed to CLIP, one per prompt, in prompt order."""
@@ -77,7 +81,10 @@ class KnowledgeBase:
             if p.severity:
                 entry["severity"] = p.severity
             groups.setdefault(p.category, []).append(entry)
-        return {"name": self.name, "domain": self.domain, "template": self.template, "prompts": groups}
+        data = {"name": self.name, "domain": self.domain, "template": self.template, "prompts": groups}
+        if self.healthy_word != HEALTHY_WORD:  # only when set: the hashes of older bases stay as they were
+            data["healthy_word"] = self.healthy_word
+        return data
 
     def hash(self) -> str:
         """Short sha256 of what decides labels; the name is left out so a renamed copy stays compatible."""
@@ -201,7 +208,8 @@ def _parse(data, source: str) -> KnowledgeBase:
         fail("prompts", "no healthy prompts (mark at least one 'healthy: true' so a fresh item can come out fresh)")
     if all(p.healthy for p in prompts):
         fail("prompts", "no defect prompts (every prompt is marked 'healthy: true')")
-    return KnowledgeBase(name, domain, template, tuple(prompts))
+    healthy_word = _text(data.get("healthy_word", HEALTHY_WORD), "healthy_word", fail)
+    return KnowledgeBase(name, domain, template, tuple(prompts), healthy_word)
 
 
 def _prompt(entry, category, where, fail) -> Prompt:

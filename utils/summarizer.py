@@ -14,13 +14,14 @@ _AN_BEFORE = ("hour", "honest", "honor", "honour", "heir")
 
 
 def summarize(top_k, knowledge: KnowledgeBase, *, max_defects: int = 3, min_share: float = 0.1,
-              hedge_share: float = 0.4, healthy_word: str = "fresh") -> str:
+              hedge_share: float = 0.4, healthy_word: str | None = None) -> str:
     """One sentence for [(prompt, probability), ...] in any order.
 
     Healthy when the top prompt is healthy or healthy mass >= defect mass; otherwise up to `max_defects`
     defects by probability, dropping those under `min_share` of the total (the top one always stays).
     "may have" replaces "with" when healthy prompts still hold >= `hedge_share` of the mass.
-    A prompt may be a Prompt, or a string naming one by id, text or templated sentence.
+    A prompt may be a Prompt, or a string naming one by id, text or templated sentence. `healthy_word`
+    (default: the knowledge base's, "fresh" unless it says otherwise) names a good item.
     """
     weights = _merge(top_k, knowledge)
     total = sum(weights.values())
@@ -34,7 +35,7 @@ def summarize(top_k, knowledge: KnowledgeBase, *, max_defects: int = 3, min_shar
     healthy_mass = sum(weights[p] for p in ranked if p.healthy)
     if ranked[0].healthy or healthy_mass >= total - healthy_mass:
         best = next(p for p in ranked if p.healthy)
-        return _sentence(f"a {healthy_word} {domain} with {best.text}")
+        return _sentence(f"a {healthy_word or knowledge.healthy_word} {domain} with {best.text}")
     defects = [p for p in ranked if not p.healthy]
     kept = defects[:1] + [p for p in defects[1:] if weights[p] >= min_share * total]
     verb = "that may have" if healthy_mass >= hedge_share * total else "with"
