@@ -16,7 +16,7 @@ KNOWLEDGE = {"name": "panels", "domain": "panel", "template": "an image of a {do
              "prompts": {"good": [{"id": "clean", "text": "a clean surface", "healthy": True}],
                          "cracks": [{"id": "crack", "text": "a dark crack", "severity": "severe"}],
                          "spots": [{"id": "spot", "text": "a faint spot", "severity": "mild"}]}}
-FAST = dict(phase1_epochs=1, phase1_blocks=1, phase2_epochs=1, phase2_blocks=-1, batch_size=4, workers=0,
+FAST = dict(text_warmup=5, phase1_epochs=1, phase1_blocks=1, phase2_epochs=1, phase2_blocks=-1, batch_size=4, workers=0,
             val_fraction=0.25, progress=False, device="cpu")
 
 
@@ -187,3 +187,21 @@ def test_script_reports_bad_folders(tmp_path, capsys):
         finetune.main(["--images", str(tmp_path / "nothing"), "--out", str(tmp_path / "out"), "--clip", "fresh"])
     assert stop.value.code == 2
     assert "nothing: no such folder" in capsys.readouterr().err
+
+
+def test_symmetric_views_are_saved_and_make_the_embedding_turn_invariant(clip_dir, tmp_path):
+    from models.explain import explain_image
+
+    clip = CLIPW.from_pretrained(clip_dir, device="cpu")
+    pixels = torch.randn(2, 3, 32, 32)
+    turned = torch.rot90(pixels, 1, (-2, -1)).flip(-1)
+    assert not torch.allclose(clip.encode_images(pixels), clip.encode_images(turned), atol=1e-4)
+    clip.views = 8
+    assert torch.allclose(clip.encode_images(pixels), clip.encode_images(turned), atol=1e-5)
+    clip.save_pretrained(tmp_path / "eight")
+    assert CLIPW.from_pretrained(tmp_path / "eight", device="cpu").views == 8
+    found = explain_image(clip, Image.new("RGB", (40, 40), "gray"), ["a", "b", "c"], k=2, method="relevancy")
+    assert found.maps.shape == (2, 4, 4)
+    (tmp_path / "eight" / "inference.json").write_text('{"views": 3}')
+    with pytest.raises(ValueError, match="inference.json"):
+        CLIPW.from_pretrained(tmp_path / "eight", device="cpu")

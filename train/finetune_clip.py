@@ -50,6 +50,8 @@ class FinetuneOptions:
     phase2_epochs: int = option(25, "phase 2: epochs with more blocks unfrozen")
     phase2_blocks: int = option(-1, "phase 2: last blocks of each tower that train (-1: the whole model)")
     lr2: float = option(3e-4, "phase 2: AdamW peak learning rate (lower)")
+    text_warmup: int = option(100, "steps pushing apart prompt embeddings that start nearly equal (new words, "
+                                   "a fresh text tower) before training; 0: never")
     freeze_text: bool = option(False, "keep the text tower frozen in both phases (after prompt separation)")
     batch_size: int = option(64, "images per step")
     weight_decay: float = option(0.05, "AdamW weight decay (not on norms, biases, embeddings)")
@@ -165,9 +167,8 @@ def build_run(run, opts):
     run.clip = start_clip(opts, run.knowledge)
     run.sentences = run.knowledge.sentences()
     run.tokens = text_tokens(run.clip, run.sentences)
-    if state is None:
-        torch.manual_seed(opts.seed)
-        separate_prompts(run.clip.model, run.tokens, max_similarity=0.9)
+    if state is None and opts.text_warmup:
+        separate_prompts(run.clip.model, run.tokens, opts.text_warmup, max_similarity=0.9)
     load_pixels(run, opts)
     train, val = stratified_split([run.folders.strata[i] for i in run.kept], opts.val_fraction, opts.seed)
     run.train, run.val = torch.tensor(train), torch.tensor(val)

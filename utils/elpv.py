@@ -7,6 +7,7 @@ or 1) and the cell type (mono / poly). Its data are CC BY-NC-SA 4.0: the user in
 
     OUT/train/<level>/<type>/cellNNNN.png     75%, stratified by level and type (seeded), as in the paper
     OUT/test/<level>/<type>/cellNNNN.png      25%, held out: only ever scored
+    OUT/examples/<level>_<type>_cellNNNN.png  a few held-out cells of every level and type (app.py --examples)
     OUT/class_map.yaml                        level folder -> solar_cell prompts (train/finetune_clip.py)
     OUT/labels.csv                            path, probability, type, level, split
     OUT/elpv.json                             the settings; written last, it marks a finished import
@@ -34,6 +35,7 @@ CLASS_MAP = {
     "defective": ["crack", "dark_region"],
 }
 INFO_FILE = "elpv.json"
+EXAMPLES = 3  # held-out cells of every level and type linked into OUT/examples
 
 
 class ElpvError(ValueError):
@@ -88,7 +90,8 @@ def import_elpv(out, source=None, test_fraction=0.25, seed=0) -> Path:
     same settings is left as it is."""
     source = package_data(source)
     rows = read_labels(source)
-    settings = {"source": str(source.resolve()), "images": len(rows), "test_fraction": test_fraction, "seed": seed}
+    settings = {"source": str(source.resolve()), "images": len(rows), "test_fraction": test_fraction, "seed": seed,
+                "examples": EXAMPLES}
     if read_json(Path(out) / INFO_FILE) == settings:
         return Path(out)
     train, test = split_rows(rows, test_fraction, seed)
@@ -99,6 +102,7 @@ def import_elpv(out, source=None, test_fraction=0.25, seed=0) -> Path:
             relative = Path(split_of[index]) / level / kind / path.name
             _link(path, staging / relative)
             table.append([relative.as_posix(), probability, kind, level, split_of[index]])
+        _link_examples(rows, test, staging / "examples")
         _write_table(staging / "labels.csv", table)
         (staging / "class_map.yaml").write_text(yaml.safe_dump(CLASS_MAP, sort_keys=False), encoding="utf-8")
         write_json(staging / INFO_FILE, settings)
@@ -112,6 +116,15 @@ def _link(target, path):
         os.symlink(target.resolve(), path)
     except OSError:
         shutil.copyfile(target, path)
+
+
+def _link_examples(rows, test, folder):
+    shown = {}
+    for index in test:
+        path, _, kind, level = rows[index]
+        shown[(level, kind)] = shown.get((level, kind), 0) + 1
+        if shown[(level, kind)] <= EXAMPLES:
+            _link(path, folder / f"{level}_{kind}_{path.name}")
 
 
 def _write_table(path, table):
