@@ -44,15 +44,8 @@ SETTINGS_FILE = "pretrain.json"  # written last: its presence marks a finished C
 
 
 @dataclass
-class PretrainOptions:
-    image_size: int = option(64, "input side in pixels")
-    patch_size: int = option(8, "ViT patch side in pixels (image_size / patch_size = the maps' grid)")
-    width: int = option(128, "vision transformer width")
-    layers: int = option(4, "vision transformer blocks")
-    heads: int = option(4, "vision attention heads")
-    text_width: int = option(64, "text transformer width")
-    text_layers: int = option(2, "text transformer blocks")
-    embed_dim: int = option(128, "joint embedding size")
+class PretrainOptions(SmallClipConfig):
+    """The demo CLIP's sizes (SmallClipConfig's defaults) and how it is pretrained."""
     epochs: int = option(24, "passes over the world")
     batch_size: int = option(64, "images per step")
     lr: float = option(2e-3, "AdamW peak learning rate")
@@ -73,8 +66,7 @@ class PretrainOptions:
 
 def demo_clip_config(vocab_size, opts=PretrainOptions(), max_text_length=32):
     """A transformers CLIPConfig of the demo's sizes."""
-    sizes = SmallClipConfig(**{name: getattr(opts, name) for name in SmallClipConfig.__dataclass_fields__})
-    return small_clip_config(vocab_size, sizes, max_text_length)
+    return small_clip_config(vocab_size, opts, max_text_length)
 
 
 def build_clip(knowledge, opts, device="cpu"):

@@ -31,7 +31,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from models.config import DEFAULT_CLIP, SmallClipConfig
-from utils.options import add_arguments, apply_config_file, as_plain, from_dict, from_namespace, option
+from utils.options import add_arguments, as_plain, from_dict, from_namespace, option, parse_with_config_file
 
 SETTINGS_FILE = "finetune.json"  # written last: its presence marks a finished CLIP directory
 LOCAL = ("device", "workers", "overwrite", "progress")  # options that do not change the weights
@@ -364,12 +364,7 @@ def build_parser():
 
 def main(argv=None):
     parser = build_parser()
-    config = argparse.ArgumentParser(add_help=False)
-    config.add_argument("--config")
-    first, _ = config.parse_known_args(argv)
-    if first.config:
-        apply_config_file(parser, first.config, FinetuneOptions)
-    args = parser.parse_args(argv)  # before any heavy import: --help answers at once
+    args = parse_with_config_file(parser, FinetuneOptions, argv)  # before any heavy import: --help answers at once
     try:
         finetune_clip(args.images, args.out, from_namespace(FinetuneOptions, args))
     except (ValueError, FileExistsError, OSError) as error:
