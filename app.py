@@ -29,6 +29,7 @@ ROOT = Path(__file__).resolve().parent
 DEMO_BUNDLE = ROOT / "checkpoints" / "demo"
 DEFAULT_REVIEW_DIR = ROOT / "checkpoints" / "reviews"
 EXAMPLES = ROOT / "media" / "examples"
+MAX_EXAMPLES = 48
 PIXELS_PER_MB = 4_000_000  # 16 MB -> 64 MP, the image loader's own default limit
 DEFAULT_MAX_IMAGE_MB = 16
 BATCH_COLUMNS = ["file", "verdict", "caption", "reason", "caption check", "top defect", "probability", "error"]
@@ -203,7 +204,7 @@ def _inspect_tab(has_lm, examples, max_image_mb):
                              label=f"Photo (up to {max_image_mb:g} MB)", height=340, elem_id="photo")
             run = gr.Button("Inspect", variant="primary", elem_id="run")
             if examples:
-                gr.Examples(examples, inputs=[image], label="Examples (synthetic photos)", examples_per_page=12)
+                gr.Examples(examples, inputs=[image], label="Examples", examples_per_page=12)
         with gr.Column(scale=3):
             caption = gr.Textbox(label="Caption" if has_lm else "Caption (zero-shot: knowledge-base summary)",
                                  lines=1, max_lines=3, interactive=False, elem_id="caption", buttons=["copy"])
@@ -447,6 +448,9 @@ def parse_args(argv=None):
                              "e.g. smollm2 (offline) or facebook/opt-125m")
     parser.add_argument("--knowledge", metavar="NAME_OR_FILE",
                         help="knowledge base: 'fruit' or a .yaml/.json file (default: the bundle's, else fruit)")
+    parser.add_argument("--examples", metavar="DIR",
+                        help=f"folder of example photos shown under the upload, at most {MAX_EXAMPLES} (default: "
+                             f"{EXAMPLES.relative_to(ROOT)}, the demo's)")
     add_arguments(parser, LoadOptions)
     parser.add_argument("--review-dir", metavar="DIR", default=str(DEFAULT_REVIEW_DIR),
                         help="where operators' reviews (flags and corrections, with the photos) are saved "
@@ -473,6 +477,17 @@ def parse_args(argv=None):
     return args
 
 
+def _examples(folder):
+    """The example photos of --examples (None: the demo's)."""
+    if folder is None:
+        return None
+    from utils.images import find_images
+
+    if not Path(folder).is_dir():
+        raise SystemExit(f"error: --examples {folder}: no such folder")
+    return [str(path) for path in find_images(folder)[:MAX_EXAMPLES]]
+
+
 def _stop_on_sigterm():
     """`kill` / `docker stop` end the app like Ctrl-C: the exit handlers run and remove its temp folders."""
     signal.signal(signal.SIGTERM, lambda number, frame: sys.exit(128 + number))
@@ -493,8 +508,8 @@ def main(argv=None):
         raise SystemExit(f"error: cannot load the models: {error}") from None
     print(inspector.info())
     _stop_on_sigterm()
-    app = build_app(inspector, concurrency=args.concurrency, max_image_mb=args.max_image_mb,
-                    review_dir=args.review_dir)
+    app = build_app(inspector, examples=_examples(args.examples), concurrency=args.concurrency,
+                    max_image_mb=args.max_image_mb, review_dir=args.review_dir)
     launch(app, max_image_mb=args.max_image_mb, server_name=args.host, server_port=args.port, share=args.share,
            auth=args.auth)
 

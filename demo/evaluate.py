@@ -26,6 +26,7 @@ from demo.world import load_masks, load_truth, write_world  # noqa: E402
 from models.clip import CLIPW  # noqa: E402
 from utils.caption_words import HEALTHY_WORDS, named_defects, words  # noqa: E402
 from utils.knowledge import load_knowledge  # noqa: E402
+from utils.metrics import auroc  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -36,16 +37,6 @@ def held_out_world(directory, n, seed, size=128):
 
 def defects_of(truth):
     return [[d for d in row.split(";") if d] for row in truth["defects"]]
-
-
-def auroc(labels, scores):
-    """Area under the ROC curve by ranks (ties averaged); NaN when one class is missing."""
-    labels = np.asarray(labels, bool)
-    positives, negatives = labels.sum(), (~labels).sum()
-    if not positives or not negatives:
-        return float("nan")
-    ranks = pd.Series(np.asarray(scores, float)).rank().to_numpy()
-    return float((ranks[labels].sum() - positives * (positives + 1) / 2) / (positives * negatives))
 
 
 def clip_scores(probabilities, truth, knowledge):

@@ -18,7 +18,6 @@ The result is a plain CLIP directory: `CLIPW.from_pretrained(out)` loads it like
 finished epoch is saved under OUT.partial, so a stopped run continues where it was.
 """
 import argparse
-import math
 import shutil
 import time
 from dataclasses import dataclass
@@ -29,10 +28,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
-from transformers import CLIPConfig
-
 from demo.world import load_masks, load_truth
-from models.clip import CLIPW, OPENAI_MEAN, OPENAI_STD, make_word_tokenizer, pooled
+from models.clip import CLIPW, OPENAI_MEAN, OPENAI_STD, make_word_tokenizer, small_clip_config
+from models.clip_training import (contrastive_logits, make_optimizer, normalized, separate_prompts,
+                                  soft_cross_entropy, text_tokens)
+from models.config import SmallClipConfig
 from models.explain import gradcam_scores
 from utils.files import read_json, staged_directory, write_json
 from utils.images import center_crop_box
@@ -45,15 +45,8 @@ SETTINGS_FILE = "pretrain.json"  # written last: its presence marks a finished C
 
 
 @dataclass
-class PretrainOptions:
-    image_size: int = option(64, "input side in pixels")
-    patch_size: int = option(8, "ViT patch side in pixels (image_size / patch_size = the maps' grid)")
-    width: int = option(128, "vision transformer width")
-    layers: int = option(4, "vision transformer blocks")
-    heads: int = option(4, "vision attention heads")
-    text_width: int = option(64, "text transformer width")
-    text_layers: int = option(2, "text transformer blocks")
-    embed_dim: int = option(128, "joint embedding size")
+class PretrainOptions(SmallClipConfig):
+    """The demo CLIP's sizes (SmallClipConfig's defaults) and how it is pretrained."""
     epochs: int = option(24, "passes over the world")
     batch_size: int = option(64, "images per step")
     lr: float = option(2e-3, "AdamW peak learning rate")
@@ -78,18 +71,7 @@ class PretrainOptions:
 
 def demo_clip_config(vocab_size, opts=PretrainOptions(), max_text_length=32):
     """A transformers CLIPConfig of the demo's sizes."""
-    return CLIPConfig(
-        text_config=dict(
-            vocab_size=vocab_size, max_position_embeddings=max_text_length, hidden_size=opts.text_width,
-            intermediate_size=4 * opts.text_width, num_hidden_layers=opts.text_layers,
-            num_attention_heads=max(1, opts.text_width // 32), pad_token_id=0, bos_token_id=2, eos_token_id=3,
-        ),
-        vision_config=dict(
-            image_size=opts.image_size, patch_size=opts.patch_size, hidden_size=opts.width,
-            intermediate_size=4 * opts.width, num_hidden_layers=opts.layers, num_attention_heads=opts.heads,
-        ),
-        projection_dim=opts.embed_dim,
-    )
+    return small_clip_config(vocab_size, opts, max_text_length)
 
 
 def build_clip(knowledge, opts, device="cpu"):
@@ -211,25 +193,10 @@ def patch_targets(masks, grid, healthy, full=0.2):
     return cover + rest * (healthy / healthy.sum())
 
 
-def soft_cross_entropy(logits, targets):
-    return -(targets * logits.log_softmax(dim=-1)).sum(dim=-1).mean()
-
-
-def _normalized(features):
-    return F.normalize(pooled(features), dim=-1)
-
-
-def contrastive_logits(model, pixel_values, text_tokens):
-    """[B, P] scaled cosine similarities of images to the prompts, as CLIPW computes them."""
-    texts = _normalized(model.get_text_features(**text_tokens))
-    images = _normalized(model.get_image_features(pixel_values=pixel_values))
-    return model.logit_scale.exp().clamp(max=100) * images @ texts.T
-
-
 def train_loss(model, images, covers, targets, tokens, healthy, opts, kinds=None, kind_tokens=None):
     """Image-to-prompt cross-entropy against soft targets, plus the kind and auxiliary losses (see the module
     doc). `kinds`: [B] kind indices into `kind_tokens`' prompts, or None."""
-    texts = _normalized(model.get_text_features(**tokens))
+    texts = normalized(model.get_text_features(**tokens))
     read_out = []  # what Grad-CAM reads (models/explain.py): the last block's first LayerNorm output
     hook = model.vision_model.encoder.layers[-1].layer_norm1.register_forward_hook(
         lambda module, inputs, output: read_out.append(output))
@@ -241,13 +208,13 @@ def train_loss(model, images, covers, targets, tokens, healthy, opts, kinds=None
     scale = model.logit_scale.exp().clamp(max=100)
 
     def prompt_logits(tokens_):  # any [..., width] vision tokens, through the CLS token's norm and projection
-        return scale * _normalized(model.visual_projection(model.vision_model.post_layernorm(tokens_))) @ texts.T
+        return scale * normalized(model.visual_projection(model.vision_model.post_layernorm(tokens_))) @ texts.T
 
-    logits = scale * _normalized(output.pooler_output) @ texts.T
+    logits = scale * normalized(output.pooler_output) @ texts.T
     loss = soft_cross_entropy(logits, targets)
     if kinds is not None and opts.kind_weight:
-        kind_texts = _normalized(model.get_text_features(**kind_tokens))
-        kind_logits = scale * _normalized(output.pooler_output) @ kind_texts.T
+        kind_texts = normalized(model.get_text_features(**kind_tokens))
+        kind_logits = scale * normalized(output.pooler_output) @ kind_texts.T
         loss = loss + opts.kind_weight * F.cross_entropy(kind_logits, kinds)
     grid = model.config.vision_config.image_size // model.config.vision_config.patch_size
     per_patch = patch_targets(covers, grid, healthy, opts.patch_full)
@@ -303,47 +270,8 @@ def gradcam_loss(logits, activations, targets, per_patch, healthy):
     return F.binary_cross_entropy_with_logits(cam, inside, pos_weight=balance)
 
 
-def separate_prompts(model, tokens, steps=100, lr=1e-2):
-    """Push the prompt embeddings apart before the images train against them: a fresh text tower gives
-    nearly the same embedding to prompts that differ in one word, so early image gradients are tiny.
-    Trains the text tower even when it is frozen for the main training."""
-    params = list(model.text_model.parameters()) + list(model.text_projection.parameters())
-    trainable = [p.requires_grad for p in params]
-    for p in params:
-        p.requires_grad_(True)
-    optimizer = torch.optim.Adam(params, lr=lr)
-    for _ in range(steps):
-        texts = _normalized(model.get_text_features(**tokens))
-        similarity = texts @ texts.T - torch.eye(len(texts), device=texts.device)
-        loss = similarity.clamp(min=0).pow(2).sum() / (len(texts) * (len(texts) - 1))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    for p, flag in zip(params, trainable):
-        p.requires_grad_(flag)
-    return loss.item()
-
-
-def text_tokens(clip, sentences):
-    tokens = clip.tokenizer(sentences, padding=True, return_tensors="pt")
-    return {k: v.to(clip.device) for k, v in tokens.items() if k != "token_type_ids"}
-
-
-def make_optimizer(model, opts, total_steps):
-    """AdamW (no decay on norms, biases and embeddings) with linear warm-up, then cosine to zero."""
-    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    decay = [p for n, p in named if p.ndim >= 2 and "embedding" not in n]
-    rest = [p for n, p in named if not (p.ndim >= 2 and "embedding" not in n)]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": opts.weight_decay},
-                                   {"params": rest, "weight_decay": 0.0}], lr=opts.lr)
-    warmup = max(1, int(opts.warmup_fraction * total_steps))
-
-    def factor(step):
-        if step < warmup:
-            return (step + 1) / warmup
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total_steps - warmup))))
-    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+def make_demo_optimizer(model, opts, total_steps):
+    return make_optimizer(model, opts.lr, opts.weight_decay, opts.warmup_fraction, total_steps)
 
 
 def accuracy(probabilities, targets):
@@ -450,10 +378,10 @@ def _load_world(world_dir, clip, knowledge, opts, device, progress):
 def _train(model, world, opts, partial, progress):
     """The epochs, each saved under OUT.partial so a stopped run continues where it was."""
     steps_per_epoch = -(-len(world.targets) // opts.batch_size)
-    optimizer, scheduler = make_optimizer(model, opts, opts.epochs * steps_per_epoch)
+    optimizer, scheduler = make_demo_optimizer(model, opts, opts.epochs * steps_per_epoch)
     done = _resume(partial, model, optimizer, scheduler, opts)
     if done == 0 and opts.text_warmup:
-        separate_prompts(model, world.tokens, opts.text_warmup)  # PROBE
+        separate_prompts(model, world.tokens, opts.text_warmup)
     attention = model.vision_model.config._attn_implementation
     if opts.attention_weight or opts.gradcam_weight:
         model.vision_model.set_attn_implementation("eager")  # SDPA: no attention probabilities, no double backward

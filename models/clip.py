@@ -1,18 +1,29 @@
-"""CLIPW: a frozen CLIP (transformers CLIPModel) with its own preprocessing, cached prompts and top-k."""
+"""CLIPW: a frozen CLIP (transformers CLIPModel) with its own preprocessing, cached prompts and top-k.
+
+A CLIP directory may carry `inference.json` beside the transformers files: {"views": 8} makes CLIPW embed
+every image as the mean of its 8 square symmetries (flips and quarter turns), for domains whose images have
+no up or left, such as solar cells. Labeling, training, the app and explanations all go through
+`image_features`, so they see the same embedding.
+"""
+import json
 import re
 from collections import OrderedDict
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import CLIPConfig, CLIPModel, CLIPImageProcessorPil, PreTrainedTokenizerFast
 
-from utils.files import loading
+from models.config import SmallClipConfig
+from utils.files import loading, read_json_strict, write_json
 from utils.images import load_image
 
 DEFAULT_CLIP = "openai/clip-vit-base-patch32"
 OPENAI_MEAN = [0.48145466, 0.4578275, 0.40821073]
 OPENAI_STD = [0.26862954, 0.26130258, 0.27577711]
+INFERENCE_FILE = "inference.json"
+VIEWS = (1, 8)  # 1: the image as it is; 8: the mean over the square's symmetries
 
 
 def default_device():
@@ -22,12 +33,15 @@ def default_device():
 class CLIPW(nn.Module):
     """Frozen CLIP in eval mode; images and prompts in, normalized embeddings and probabilities out."""
 
-    def __init__(self, model, tokenizer, processor, device=None, name=""):
+    def __init__(self, model, tokenizer, processor, device=None, name="", views=1):
         super().__init__()
+        if views not in VIEWS:
+            raise ValueError(f"views must be one of {VIEWS}, got {views!r}")
         self.model = model.eval().requires_grad_(False)
         self.tokenizer = tokenizer
         self.processor = processor
         self.name = name
+        self.views = views
         self._text_cache = OrderedDict()
         self.to(device or default_device())
 
@@ -37,7 +51,8 @@ class CLIPW(nn.Module):
             model = CLIPModel.from_pretrained(name_or_path, dtype=torch.float32)  # a compact copy may be fp16
             tokenizer = _load_tokenizer(name_or_path)
             processor = CLIPImageProcessorPil.from_pretrained(name_or_path)
-        return cls(model, tokenizer, processor, device, str(name_or_path))
+            views = _inference_settings(name_or_path).get("views", 1)
+        return cls(model, tokenizer, processor, device, str(name_or_path), views)
 
     @classmethod
     def from_config(cls, config, tokenizer, device=None):
@@ -52,6 +67,8 @@ class CLIPW(nn.Module):
     def save_pretrained(self, directory):
         for part in (self.model, self.tokenizer, self.processor):
             part.save_pretrained(directory)
+        if self.views != 1:
+            write_json(Path(directory) / INFERENCE_FILE, {"views": self.views})
 
     def train(self, mode=True):
         return super().train(False)  # frozen: stays in eval mode inside a captioner being trained
@@ -87,9 +104,15 @@ class CLIPW(nn.Module):
         return self.pixel_values(images).to(self.device)
 
     def image_features(self, pixel_values):
-        """Normalized image embeddings with autograd on (for explanations)."""
-        features = self.model.get_image_features(pixel_values=pixel_values.to(self.device))
-        return F.normalize(pooled(features), dim=-1)
+        """Normalized image embeddings with autograd on (for explanations). With 8 views, the mean of the
+        views' normalized embeddings; the identity view comes first in the batch, so an explanation that
+        reads the first item's activations explains the image as it is shown."""
+        pixel_values = pixel_values.to(self.device)
+        if self.views == 1:
+            return F.normalize(pooled(self.model.get_image_features(pixel_values=pixel_values)), dim=-1)
+        views = torch.cat(square_symmetries(pixel_values))
+        features = F.normalize(pooled(self.model.get_image_features(pixel_values=views)), dim=-1)
+        return F.normalize(features.view(self.views, len(pixel_values), -1).mean(dim=0), dim=-1)
 
     @torch.no_grad()
     def layer_features(self, pixel_values, layer=None):
@@ -138,6 +161,24 @@ def pooled(features):
     return features if torch.is_tensor(features) else features.pooler_output
 
 
+def square_symmetries(pixels):
+    """The 8 symmetries of the square for a batch [B, C, S, S]: quarter turns of the image and of its mirror
+    image, the identity first."""
+    return [torch.rot90(pixels.flip(-1) if flip else pixels, turns, (-2, -1)) for flip in (False, True)
+            for turns in range(4)]
+
+
+def _inference_settings(name_or_path):
+    """CLIPW's own settings stored with a CLIP directory ({} for a hub id or a directory without them)."""
+    path = Path(name_or_path) / INFERENCE_FILE
+    if not path.is_file():
+        return {}
+    settings = read_json_strict(path, "CLIP inference settings")
+    if not isinstance(settings, dict) or settings.get("views", 1) not in VIEWS:
+        raise ValueError(f"{path}: expected {{\"views\": 1 or 8}}, got {settings!r}")
+    return settings
+
+
 def _load_tokenizer(name_or_path):
     from transformers import AutoTokenizer
     return AutoTokenizer.from_pretrained(name_or_path)
@@ -160,6 +201,60 @@ def make_word_tokenizer(texts, model_max_length=32):
     return PreTrainedTokenizerFast(
         tokenizer_object=tokenizer, model_max_length=model_max_length,
         pad_token="<pad>", unk_token="<unk>", bos_token="<s>", eos_token="</s>",
+    )
+
+
+def fit_tokenizer(clip, sentences):
+    """Make the CLIP's tokenizer tell a new domain's prompts apart; returns the words it had to add.
+
+    A word-level tokenizer (the demo CLIP's) maps unknown words to <unk>, so "a crack" and "a dark region"
+    could become the same tokens: the missing words are appended to its vocabulary and the token embedding
+    grows by as many rows, started near the mean of the old ones (old ids and rows stay as they were). A
+    subword tokenizer (real CLIPs) knows every word and is left alone."""
+    from tokenizers import Tokenizer
+
+    tokenizer = clip.tokenizer
+    unk = tokenizer.unk_token_id
+    if unk is None or all(unk not in ids for ids in tokenizer(list(sentences))["input_ids"]):
+        return []
+    state = json.loads(tokenizer.backend_tokenizer.to_str())
+    if state["model"]["type"] != "WordLevel":
+        raise ValueError("the CLIP's tokenizer maps some prompt words to <unk> and is not word-level: "
+                         "reword the knowledge base")
+    vocab = state["model"]["vocab"]
+    new = sorted(word for word in make_word_tokenizer(sentences).get_vocab() if word not in vocab)
+    for word in new:
+        vocab[word] = len(vocab)
+    clip.tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer.from_str(json.dumps(state)), model_max_length=tokenizer.model_max_length,
+        pad_token=tokenizer.pad_token, unk_token=tokenizer.unk_token, bos_token=tokenizer.bos_token,
+        eos_token=tokenizer.eos_token)
+    embeddings = clip.model.text_model.embeddings
+    old = embeddings.token_embedding.weight.data
+    grown = nn.Embedding(len(vocab), old.shape[1]).to(old.device)
+    grown.weight.data[:len(old)] = old
+    grown.weight.data[len(old):] = old.mean(dim=0) + 0.02 * torch.randn(len(new), old.shape[1]).to(old.device)
+    embeddings.token_embedding = grown
+    clip.model.config.text_config.vocab_size = len(vocab)
+    clip._text_cache.clear()
+    return new
+
+
+def small_clip_config(vocab_size, sizes=None, max_text_length=32):
+    """A transformers CLIPConfig for a CLIP trained from scratch (models.config.SmallClipConfig sizes; the
+    offline demo's by default); the text ids follow make_word_tokenizer."""
+    sizes = sizes or SmallClipConfig()
+    return CLIPConfig(
+        text_config=dict(
+            vocab_size=vocab_size, max_position_embeddings=max_text_length, hidden_size=sizes.text_width,
+            intermediate_size=4 * sizes.text_width, num_hidden_layers=sizes.text_layers,
+            num_attention_heads=max(1, sizes.text_width // 32), pad_token_id=0, bos_token_id=2, eos_token_id=3,
+        ),
+        vision_config=dict(
+            image_size=sizes.image_size, patch_size=sizes.patch_size, hidden_size=sizes.width,
+            intermediate_size=4 * sizes.width, num_hidden_layers=sizes.layers, num_attention_heads=sizes.heads,
+        ),
+        projection_dim=sizes.embed_dim,
     )
 
 

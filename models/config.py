@@ -45,6 +45,20 @@ class CaptionerConfig:
 
 
 @dataclass
+class SmallClipConfig:
+    """Sizes of a CLIP trained from scratch where no pretrained one can be had (the offline demo's, and
+    train/finetune_clip.py's `--clip fresh`); models.clip.small_clip_config builds it."""
+    image_size: int = option(64, "input side in pixels")
+    patch_size: int = option(8, "ViT patch side in pixels (image_size / patch_size = the maps' grid)")
+    width: int = option(128, "vision transformer width")
+    layers: int = option(4, "vision transformer blocks")
+    heads: int = option(4, "vision attention heads")
+    text_width: int = option(64, "text transformer width")
+    text_layers: int = option(2, "text transformer blocks")
+    embed_dim: int = option(128, "joint embedding size")
+
+
+@dataclass
 class GenerationOptions:
     """How the LM writes a caption (the counterpart of transformers' GenerationConfig); temperature 0 is
     greedy (or beam search), above 0 samples. A caption is one line: the LM stops at its first line break."""

@@ -115,3 +115,48 @@ def test_import_with_wrong_image_folder(tmp_path, clip):
     with pytest.raises(LabelError, match="none of the 3 images"):
         import_captions("flickr", FIXTURES / "flickr_token.txt", tmp_path, tmp_path / "ds", clip, progress=False)
     assert not (tmp_path / "ds").exists()
+
+
+def fake_elpv(folder, count=16):
+    """A data folder laid out as the elpv-dataset package's: labels.csv and images/ (tiny grey squares)."""
+    (folder / "images").mkdir(parents=True)
+    lines = []
+    for i in range(count):
+        name = f"images/cell{i:04d}.png"
+        Image.fromarray(np.full((12, 12), 40 + i, dtype=np.uint8)).save(folder / name)
+        lines.append(f"{name}  {[0.0, 1 / 3, 2 / 3, 1.0][i % 4]!r:<20} {['mono', 'poly'][i // 4 % 2]}")
+    (folder / "labels.csv").write_text("\n".join(lines) + "\n")
+    return folder
+
+
+def test_import_elpv_links_class_folders_with_a_stratified_split(tmp_path, capsys):
+    import yaml
+
+    from utils.elpv import CLASS_MAP, LEVELS
+    from utils.knowledge import load_knowledge
+
+    source = fake_elpv(tmp_path / "data")
+    importers.main(["elpv", "--source", str(source), "--out", str(tmp_path / "cells")])
+    assert "train 12" in capsys.readouterr().out
+    train, test = sorted((tmp_path / "cells" / "train").rglob("*.png")), sorted((tmp_path / "cells" / "test").rglob("*.png"))
+    assert len(train) == 12 and len(test) == 4 and not {p.name for p in train} & {p.name for p in test}
+    assert {p.parent.parent.name for p in test} == set(LEVELS.values())  # every level held out
+    assert all(p.resolve().parent == (source / "images").resolve() for p in train + test)  # links, not copies
+    assert yaml.safe_load((tmp_path / "cells" / "class_map.yaml").read_text()) == CLASS_MAP
+    assert {p.name.split("_cell")[0] for p in (tmp_path / "cells" / "examples").iterdir()} <= {
+        f"{level}_{kind}" for level in LEVELS.values() for kind in ("mono", "poly")}
+    assert set(load_knowledge("solar_cell").ids()) >= {i for v in CLASS_MAP.values() if not isinstance(v, str) for i in v}
+    stamp = (tmp_path / "cells" / "elpv.json").stat().st_mtime_ns
+    importers.main(["elpv", "--source", str(source), "--out", str(tmp_path / "cells")])
+    assert (tmp_path / "cells" / "elpv.json").stat().st_mtime_ns == stamp  # finished: left as it is
+
+
+def test_import_elpv_names_a_bad_source(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        importers.main(["elpv", "--source", str(tmp_path), "--out", str(tmp_path / "cells")])
+    assert "no labels.csv" in capsys.readouterr().err
+    source = fake_elpv(tmp_path / "data", 4)
+    (source / "labels.csv").write_text("images/cell0000.png 0.5 mono\n")
+    with pytest.raises(SystemExit):
+        importers.main(["elpv", "--source", str(source), "--out", str(tmp_path / "cells")])
+    assert "labels.csv: line 1" in capsys.readouterr().err

@@ -198,3 +198,17 @@ def test_bad_kinds_are_named_with_the_file(tmp_path, kinds, message):
     with pytest.raises(KnowledgeError) as error:
         load_knowledge(path)
     assert str(error.value).startswith(f"{path}: ") and message in str(error.value)
+
+
+def test_builtin_solar_cell_base_reads_as_a_solar_cell():
+    from utils.summarizer import summarize
+
+    kb = load_knowledge("solar_cell")
+    assert kb.domain == "solar cell" and kb.healthy_word == "functional"
+    assert {"crack", "dark_region", "finger_interruption", "material_defect"} <= set(kb.ids())
+    assert summarize([("intact", 0.7), ("crack", 0.3)], kb) == ("A functional solar cell with even bright "
+                                                                "luminescence and no defect.")
+    assert summarize([("crack", 0.6), ("dark_region", 0.3), ("intact", 0.1)], kb) == (
+        "A solar cell with a crack across the cell and a dark inactive region.")
+    assert load_knowledge("fruit").healthy_word == "fresh" and "healthy_word" not in load_knowledge("fruit").to_dict()
+    assert KnowledgeBase.from_dict(kb.to_dict()) == kb

@@ -74,3 +74,16 @@ def test_no_java_gives_nan_and_one_warning_never_a_crash(monkeypatch):
 def test_meteor_ranks_captions():
     good, bad = coco_metrics(REFERENCES, GOOD, ("meteor",)), coco_metrics(REFERENCES, BAD, ("meteor",))
     assert 0.9 < good["meteor"] <= 1.0 and bad["meteor"] < good["meteor"]
+
+
+def test_auroc_counts_ties_half():
+    assert metrics.auroc([0, 0, 1, 1], [0.1, 0.2, 0.8, 0.9]) == 1.0
+    assert metrics.auroc([0, 1, 0, 1], [0.5, 0.5, 0.5, 0.5]) == 0.5
+    assert metrics.auroc([1, 0, 1, 0], [0.9, 0.8, 0.3, 0.1]) == 0.75
+    assert math.isnan(metrics.auroc([1, 1], [0.1, 0.2]))
+
+
+def test_best_threshold_separates_when_it_can():
+    threshold = metrics.best_threshold([0, 0, 1, 1], [0.1, 0.3, 0.6, 0.9])
+    assert 0.3 < threshold < 0.6
+    assert metrics.best_threshold([1, 1], [0.2, 0.4]) < 0.2  # all positive: below every score

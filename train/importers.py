@@ -3,6 +3,7 @@
     python train/importers.py coco --captions annotations/captions_val2017.json --images val2017 --out data/coco
     python train/importers.py flickr --captions flickr30k/results.csv --images flickr30k/flickr30k_images \\
         --out data/flickr30k
+    python train/importers.py elpv --out data/elpv
 
 coco:   a COCO captions JSON ("images" with id and file_name, "annotations" with image_id and caption);
         --images is the folder the file names are relative to.
@@ -16,6 +17,11 @@ caption: 2 KB per row at ViT-B/32 sizes, about 320 MB for Flickr30k's 159k capti
 these sizes. Class is "" and there are no prompt columns (top_k 0, knowledge null); the manifest records
 the format and the caption file. Unreadable or missing images go to failed_images.txt without their rows.
 Encoding is sharded and resumable exactly like train/label.py (run the same command again).
+
+elpv:   the ELPV solar-cell images of the installed `elpv-dataset` package (CC BY-NC-SA 4.0) as class
+        folders for train/finetune_clip.py and train/label.py, not a dataset: OUT/train and OUT/test
+        (75/25, stratified by defect probability and cell type, seeded), each <level>/<mono|poly>/ with
+        links to the package's images, plus class_map.yaml (see utils/elpv.py).
 """
 import argparse
 import csv
@@ -161,7 +167,7 @@ def import_captions(kind, captions_file, image_dir, out_dir, clip, *, limit=None
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    formats = parser.add_subparsers(dest="kind", required=True, metavar="{coco,flickr}")
+    formats = parser.add_subparsers(dest="kind", required=True, metavar="{coco,flickr,elpv}")
     for kind, text in (("coco", "COCO captions JSON"),
                        ("flickr", "Flickr30k results.csv / .token, or Flickr8k captions")):
         sub = formats.add_parser(kind, help=text, description=text)
@@ -169,7 +175,10 @@ def main(argv=None):
         sub.add_argument("--images", required=True, help="folder the caption file's image names are relative to")
         sub.add_argument("--limit", type=int, default=None, help="import only the first N images (sorted by name)")
         add_run_arguments(sub)
+    add_elpv_parser(formats)
     args = parser.parse_args(argv)  # before any heavy import: --help answers at once
+    if args.kind == "elpv":
+        return run_elpv(parser, args)
     from utils.data import DatasetError
 
     try:
@@ -180,6 +189,25 @@ def main(argv=None):
     except (CaptionFileError, LabelError, DatasetError, OSError) as error:
         parser.exit(1, f"{parser.prog}: error: {error}\n")
     print(report(out))
+
+
+def add_elpv_parser(formats):
+    text = "ELPV solar cells (installed elpv-dataset package) -> class folders"
+    sub = formats.add_parser("elpv", help=text, description=text)
+    sub.add_argument("--out", required=True, help="folder for train/, test/ and class_map.yaml (required)")
+    sub.add_argument("--source", help="the data folder (labels.csv, images/) when not the installed package's")
+    sub.add_argument("--test-fraction", type=float, default=0.25, help="held-out share (default: %(default)s)")
+    sub.add_argument("--seed", type=int, default=0, help="seed of the split (default: %(default)s)")
+
+
+def run_elpv(parser, args):
+    from utils.elpv import ElpvError, import_elpv, summary
+
+    try:
+        out = import_elpv(args.out, args.source, args.test_fraction, args.seed)
+    except (ElpvError, ValueError, OSError) as error:
+        parser.exit(1, f"{parser.prog}: error: {error}\n")
+    print(summary(out))
 
 
 if __name__ == "__main__":

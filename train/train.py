@@ -22,7 +22,7 @@ from types import SimpleNamespace
 
 from models.config import CaptionerConfig, GenerationOptions
 from utils.metrics import COCO_METRICS, SCORERS
-from utils.options import add_arguments, apply_config_file, as_plain, from_dict, from_namespace, option
+from utils.options import add_arguments, as_plain, from_dict, from_namespace, option, parse_with_config_file
 
 METRIC_COLUMNS = ("exact_match", "token_f1") + COCO_METRICS
 COLUMNS = ("epoch", "step", "lr", "train_loss", "val_loss") + METRIC_COLUMNS + ("val_items", "best", "seconds")
@@ -280,12 +280,7 @@ def build_parser():
 
 def main(argv=None):
     parser = build_parser()
-    config = argparse.ArgumentParser(add_help=False)
-    config.add_argument("--config")
-    first, _ = config.parse_known_args(argv)
-    if first.config:
-        apply_config_file(parser, first.config, TrainOptions)
-    args = parser.parse_args(argv)  # before any heavy import: --help answers at once
+    args = parse_with_config_file(parser, TrainOptions, argv)  # before any heavy import: --help answers at once
     datasets = [args.datasets] if isinstance(args.datasets, str) else list(args.datasets or [])
     if not datasets:
         parser.error("give at least one dataset dir (or 'datasets' in --config)")

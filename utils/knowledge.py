@@ -4,6 +4,7 @@ File format (YAML or JSON):
 
     name: fruit                                  # optional, defaults to the file name
     domain: fruit                                # the noun captions use ("A fruit with ...")
+    healthy_word: fresh                          # optional: "A fresh fruit with ..." (default fresh)
     template: "a photo of a {domain} with {prompt}"
     prompts:                                     # category -> list of prompts, in ranking order
       healthy:
@@ -26,9 +27,11 @@ from pathlib import Path
 import yaml
 
 SEVERITIES = ("mild", "moderate", "severe")
-BUILTIN = {"fruit": Path(__file__).with_name("fruit_knowledge.yaml")}
+BUILTIN = {"fruit": Path(__file__).with_name("fruit_knowledge.yaml"),
+           "solar_cell": Path(__file__).with_name("solar_cell_knowledge.yaml")}
+HEALTHY_WORD = "fresh"
 SUFFIXES = (".yaml", ".yml", ".json")
-_TOP_KEYS = ("name", "domain", "template", "prompts", "kinds")
+_TOP_KEYS = ("name", "domain", "healthy_word", "template", "prompts", "kinds")
 _PROMPT_KEYS = ("id", "text", "healthy", "severity")
 _KIND_KEYS = ("id", "noun", "prompt")
 _ID = re.compile(r"[A-Za-z0-9_.-]+")  # ids end up in CSV columns and file names
@@ -65,6 +68,7 @@ class KnowledgeBase:
     template: str
     prompts: tuple[Prompt, ...]
     kinds: tuple[Kind, ...] = ()  # optional; without kinds captions use the domain noun
+    healthy_word: str = HEALTHY_WORD  # how a caption calls a good item ("A fresh fruit", "A functional cell")
 
     def sentences(self) -> list[str]:
         """The texts fed to CLIP, one per prompt, in prompt order."""
@@ -107,6 +111,8 @@ class KnowledgeBase:
         data = {"name": self.name, "domain": self.domain, "template": self.template, "prompts": groups}
         if self.kinds:  # only when present: a base without kinds keeps the hash it always had
             data["kinds"] = [{"id": k.id, "noun": k.noun, "prompt": k.prompt} for k in self.kinds]
+        if self.healthy_word != HEALTHY_WORD:  # only when set: the hashes of older bases stay as they were
+            data["healthy_word"] = self.healthy_word
         return data
 
     def hash(self) -> str:
@@ -231,7 +237,9 @@ def _parse(data, source: str) -> KnowledgeBase:
         fail("prompts", "no healthy prompts (mark at least one 'healthy: true' so a fresh item can come out fresh)")
     if all(p.healthy for p in prompts):
         fail("prompts", "no defect prompts (every prompt is marked 'healthy: true')")
-    return KnowledgeBase(name, domain, template, tuple(prompts), _kinds(data.get("kinds"), fail))
+    healthy_word = _text(data.get("healthy_word", HEALTHY_WORD), "healthy_word", fail)
+    return KnowledgeBase(name, domain, template, tuple(prompts), _kinds(data.get("kinds"), fail),
+                         healthy_word)
 
 
 def _kinds(entries, fail) -> tuple[Kind, ...]:

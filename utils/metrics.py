@@ -172,3 +172,30 @@ def _warn_once(key, message):
     if key not in _warned:
         _warned.add(key)
         warnings.warn(message, RuntimeWarning, stacklevel=3)
+
+
+def auroc(labels, scores):
+    """Area under the ROC curve of `scores` for boolean `labels` (Mann-Whitney U, ties counted half);
+    NaN when one class is missing."""
+    import numpy as np
+
+    labels, scores = np.asarray(labels, dtype=bool), np.asarray(scores, dtype=float)
+    positives, negatives = labels.sum(), (~labels).sum()
+    if not positives or not negatives:
+        return math.nan
+    _, inverse, counts = np.unique(scores, return_inverse=True, return_counts=True)
+    first = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    ranks = (first + (counts + 1) / 2)[inverse]  # the average rank (1-based) within each run of ties
+    return float((ranks[labels].sum() - positives * (positives + 1) / 2) / (positives * negatives))
+
+
+def best_threshold(labels, scores):
+    """The threshold t (score >= t is positive) with the highest accuracy, midway between two scores; the
+    lowest such one when several tie."""
+    import numpy as np
+
+    labels, scores = np.asarray(labels, dtype=bool), np.asarray(scores, dtype=float)
+    values = np.unique(scores)
+    candidates = np.concatenate([[values[0] - 1e-6], (values[:-1] + values[1:]) / 2, [values[-1] + 1e-6]])
+    accuracy = [((scores >= t) == labels).mean() for t in candidates]
+    return float(candidates[int(np.argmax(accuracy))])

@@ -149,6 +149,16 @@ def apply_config_file(parser, path, cls):
             action.required = False  # the file gives it
 
 
+def parse_with_config_file(parser, cls, argv=None):
+    """parser.parse_args(argv), with the defaults first taken from the YAML/JSON file its --config names."""
+    config = argparse.ArgumentParser(add_help=False)
+    config.add_argument("--config")
+    first, _ = config.parse_known_args(argv)
+    if first.config:
+        apply_config_file(parser, first.config, cls)
+    return parser.parse_args(argv)
+
+
 def as_plain(options):
     """Options as they read back from JSON (tuples become lists): saved and current ones compare equal."""
     return json.loads(json.dumps(dataclasses.asdict(options)))

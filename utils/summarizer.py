@@ -3,16 +3,15 @@ from __future__ import annotations
 
 import math
 
-from utils.knowledge import Kind, KnowledgeBase, Prompt, indefinite_article
+from utils.knowledge import HEALTHY_WORD, Kind, KnowledgeBase, Prompt, indefinite_article
 
 _SEVERITY_ORDER = {"severe": 0, "moderate": 1, "mild": 2}
 _DANGLING = {"a", "an", "the", "and", "or", "with", "of", "that", "may", "have"}
 _PUNCTUATION = " ,;:.!?"
-HEALTHY_WORD = "fresh"
 
 
 def summarize(top_k, knowledge: KnowledgeBase, *, kind: Kind | str | None = None, max_defects: int = 3,
-              min_share: float = 0.1, hedge_share: float = 0.4, healthy_word: str = HEALTHY_WORD) -> str:
+              min_share: float = 0.1, hedge_share: float = 0.4, healthy_word: str | None = None) -> str:
     """One sentence for [(prompt, probability), ...] in any order.
 
     Healthy when the top prompt is healthy or healthy mass >= defect mass; otherwise up to `max_defects`
@@ -20,6 +19,7 @@ def summarize(top_k, knowledge: KnowledgeBase, *, kind: Kind | str | None = None
     "may have" replaces "with" when healthy prompts still hold >= `hedge_share` of the mass.
     A prompt may be a Prompt, or a string naming one by id, text or templated sentence. `kind` (a Kind or
     a kind id of the knowledge base) names the product ("An apple with ..."); without one the domain noun.
+    `healthy_word` (default: the knowledge base's, "fresh" unless it says otherwise) names a good item.
     """
     weights = _merge(top_k, knowledge)
     total = sum(weights.values())
@@ -33,7 +33,7 @@ def summarize(top_k, knowledge: KnowledgeBase, *, kind: Kind | str | None = None
     healthy_mass = sum(weights[p] for p in ranked if p.healthy)
     if ranked[0].healthy or healthy_mass >= total - healthy_mass:
         best = next(p for p in ranked if p.healthy)
-        return healthy_sentence(noun, best, healthy_word)
+        return healthy_sentence(noun, best, healthy_word or knowledge.healthy_word)
     defects = [p for p in ranked if not p.healthy]
     kept = defects[:1] + [p for p in defects[1:] if weights[p] >= min_share * total]
     return defect_sentence(noun, kept, hedged=healthy_mass >= hedge_share * total, max_defects=max_defects)
