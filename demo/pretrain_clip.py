@@ -381,7 +381,7 @@ def _train(model, world, opts, partial, progress):
     optimizer, scheduler = make_demo_optimizer(model, opts, opts.epochs * steps_per_epoch)
     done = _resume(partial, model, optimizer, scheduler, opts)
     if done == 0 and opts.text_warmup:
-        separate_prompts(model, world.tokens, opts.text_warmup)
+        separate_prompts(model, world.all_tokens, opts.text_warmup)  # the kind prompts too: the text tower freezes next
     attention = model.vision_model.config._attn_implementation
     if opts.attention_weight or opts.gradcam_weight:
         model.vision_model.set_attn_implementation("eager")  # SDPA: no attention probabilities, no double backward
