@@ -9,7 +9,7 @@ ELPV_WORK := $(ELPV)-work
 export HF_HUB_OFFLINE ?= 1
 export GRADIO_ANALYTICS_ENABLED := False
 
-.PHONY: app demo test browser bench clean-demo elpv
+.PHONY: app demo reference-clip test browser bench clean-demo elpv
 
 # pip takes torch from the machine's own CPU wheel (uv would fetch the multi-GB CUDA build); uv installs the
 # rest several times faster than pip; the project itself goes in editable, so scripts import models/ and utils/.
@@ -29,6 +29,10 @@ $(DEMO)/config.json: | $(VENV)/installed
 
 demo: $(VENV)/installed
 	$(PY) -m demo.build
+
+# The instrument explanation methods are judged on: the demo's CLIP recipe without localization losses (~16 min).
+reference-clip: $(VENV)/installed
+	$(PY) -m demo.build --reference
 
 # The browser test drives Debian's chromium; install it when missing and we may (root), never download one.
 browser:

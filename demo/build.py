@@ -3,6 +3,7 @@ verdict calibration.
 
     python -m demo.build                           # checkpoints/demo (`make demo`), about 10 minutes on 2 cores
     python -m demo.build --quick --out /tmp/demo   # a tiny chain in well under a minute (tests)
+    python -m demo.build --reference               # checkpoints/demo-reference-clip (`make reference-clip`)
 
 The recipe is data (demo/recipe.yaml). The labels and the mapper are made by the product's own scripts,
 run as a user runs them (train/label.py, train/train.py, train/calibrate.py on a second world drawn with
@@ -11,6 +12,10 @@ calibration-world/, calibration/); the finished bundle (self-contained: its CLIP
 stored in fp16 so the repository can carry it) is moved into OUT in one step, with demo.json (recipe and
 timings) in it. Every stage is skipped when its output is complete and resumes when it was interrupted; a
 stage whose inputs changed (e.g. the CLIP was retrained) is redone, and so is everything after it.
+
+--reference trains the reference CLIP instead: the recipe's CLIP on the same world with the localization
+losses off (recipe.yaml reference_clip), about 16 minutes on 2 cores. It measures explanation methods on a
+CLIP nobody coached and is not part of the bundle.
 """
 import argparse
 import hashlib
@@ -31,6 +36,7 @@ from utils.options import as_plain, from_dict
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = ROOT / "checkpoints" / "demo"
+DEFAULT_REFERENCE = ROOT / "checkpoints" / "demo-reference-clip"
 RECIPES = Path(__file__).with_name("recipe.yaml")
 STAGE_FILE = ".stage.json"
 INFO_FILE = "demo.json"
@@ -53,6 +59,7 @@ class Recipe:
 def load_recipe(name):
     """'full' or 'quick' from demo/recipe.yaml."""
     recipes = yaml.safe_load(RECIPES.read_text(encoding="utf-8"))
+    recipes.pop("reference_clip")
     if name not in recipes:
         raise ValueError(f"{RECIPES}: no recipe {name!r} (have {', '.join(recipes)})")
     return from_dict(Recipe, recipes[name], f"{RECIPES}: {name}")
@@ -132,6 +139,22 @@ def build_demo(out=DEFAULT_OUT, quick=False, recipe=None, progress=True) -> Path
     return out
 
 
+def reference_options(recipe):
+    """The recipe's CLIP options with recipe.yaml's reference_clip changes (the localization losses off)."""
+    changes = yaml.safe_load(RECIPES.read_text(encoding="utf-8"))["reference_clip"]
+    return {**recipe.clip, **changes}
+
+
+def build_reference(out=DEFAULT_REFERENCE, quick=False, progress=True) -> Path:
+    """Train (or finish, or leave alone when done) the reference CLIP at `out` on the recipe's world, drawn
+    into OUT-world; returns `out`, a directory CLIPW.from_pretrained loads."""
+    out, recipe = Path(out), load_recipe("quick" if quick else "full")
+    world_dir = out.with_name(out.name + "-world")
+    write_world(world_dir, recipe.world_size, seed=recipe.world_seed, width=recipe.world_px,
+                height=recipe.world_px, progress=progress)
+    return pretrain_clip(world_dir, out, recipe.knowledge, progress=progress, **reference_options(recipe))
+
+
 def _calibrate(work, bundle, recipe, mapper_key, progress):
     """The verdict's thresholds and input checks, fitted on a world the CLIP and the mapper never saw."""
     world = work / "calibration-world"
@@ -176,11 +199,17 @@ def _to_fp16(path):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default=str(DEFAULT_OUT), help="bundle directory (default: %(default)s)")
+    parser.add_argument("--out", help=f"bundle directory (default: {DEFAULT_OUT}; with --reference: "
+                        f"{DEFAULT_REFERENCE})")
     parser.add_argument("--quick", action="store_true", help="tiny world, tiny CLIP, one short epoch each")
+    parser.add_argument("--reference", action="store_true",
+                        help="train the reference CLIP (no localization losses) instead of the bundle")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
-    build_demo(args.out, quick=args.quick, progress=not args.quiet)
+    if args.reference:
+        build_reference(args.out or DEFAULT_REFERENCE, quick=args.quick, progress=not args.quiet)
+    else:
+        build_demo(args.out or DEFAULT_OUT, quick=args.quick, progress=not args.quiet)
 
 
 if __name__ == "__main__":

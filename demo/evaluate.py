@@ -1,11 +1,15 @@
 """Measure the offline demo on a held-out synthetic world (another seed than the one it was trained on).
 
-    python -m demo.evaluate [--bundle checkpoints/demo] [--n 600] [--seed 1] [--explain 60]
-    python -m demo.evaluate --clip checkpoints/demo/clip     # CLIP numbers only, no captioner
+    python -m demo.evaluate [--bundle checkpoints/demo] [--n 600] [--seed 1] [--explain 60] [--hard]
+    python -m demo.evaluate --clip checkpoints/demo/clip --clip checkpoints/demo-reference-clip   # CLIPs only
 
-Prints one table: CLIP top-1 defect type and healthy-vs-defect AUROC, auto-label accuracy, caption accuracy,
-and for every explanation method the pointing game, energy inside the defect mask and deletion/insertion
-AUC, each beside the same number for random maps (the score of no explanation).
+Prints, per bundle or CLIP: CLIP top-1 defect type and healthy-vs-defect AUROC (and for a bundle auto-label
+and caption accuracy), then one row per explanation method (models/explain.py METHODS, each logit-target
+method also with the CLIP-ES target, and a bundle's caption map) with strict pointing (the peak pixel of
+the smoothly upsampled map inside the mask dilated by half a patch), lenient pointing (the peak patch
+touches the mask), energy inside the mask, deletion AUC (lower is better), insertion AUC and pixel AUROC,
+and a row of the same metrics for random maps: the score of no explanation. Judge methods on a CLIP that
+was not trained toward its maps (`python -m demo.build --reference`) and on the --hard world.
 """
 import argparse
 import os
@@ -22,7 +26,7 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
-from demo.world import load_masks, load_truth, write_world  # noqa: E402
+from demo.world import HARD, WorldOptions, load_masks, load_truth, write_world  # noqa: E402
 from models.clip import CLIPW  # noqa: E402
 from utils.caption_words import HEALTHY_WORDS, named_defects, words  # noqa: E402
 from utils.knowledge import load_knowledge  # noqa: E402
@@ -31,8 +35,9 @@ from utils.metrics import auroc  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def held_out_world(directory, n, seed, size=128):
-    return write_world(directory, n, seed=seed, width=size, height=size, progress=True)
+def held_out_world(directory, n, seed, size=128, hard=False):
+    return write_world(directory, n, seed=seed, width=size, height=size, progress=True,
+                       options=HARD if hard else WorldOptions())
 
 
 def defects_of(truth):
@@ -111,53 +116,92 @@ def caption_score_fn(captioner, caption):
     return score
 
 
-def explanation_scores(clip, world, truth, knowledge, pixels, items, captioner=None, captions=None, steps=16,
-                       random_count=20, random_curves=2):
-    """Per method (models.explain.METHODS, and the caption map): pointing game, energy in mask, deletion and
-    insertion AUC, and their random baselines.
+METRICS = {"strict": "strict pointing", "pointing": "pointing", "energy": "energy",
+           "deletion": "deletion AUC", "insertion": "insertion AUC", "auroc": "pixel AUROC"}
 
-    Prompt methods explain the item's true primary defect prompt against its own mask; the caption map
-    explains the generated caption against the union of the item's defect masks."""
+
+def map_scores(saliency, mask, score_fn, image, steps=16, curves=True):
+    """Every metric of one map against one mask (deletion/insertion only with `curves`)."""
+    from models.faithfulness import (deletion_auc, energy_in_mask, insertion_auc, pixel_auroc, pointing_game,
+                                     strict_pointing)
+
+    scores = {"strict": float(strict_pointing(saliency, mask)), "pointing": float(pointing_game(saliency, mask)),
+              "energy": energy_in_mask(saliency, mask), "auroc": pixel_auroc(saliency, mask)}
+    if curves:
+        scores["deletion"] = deletion_auc(saliency, score_fn, image, steps=steps)
+        scores["insertion"] = insertion_auc(saliency, score_fn, image, steps=steps)
+    return scores
+
+
+def random_scores(grid, mask, score_fn, image, seed, steps=16, count=20, curves=2):
+    """The same metrics for `count` random maps (curves for the first `curves` only: they cost forward
+    passes): the score of no explanation."""
+    from models.faithfulness import random_maps
+
+    rows = [map_scores(m, mask, score_fn, image, steps, i < curves) for i, m in enumerate(random_maps(count, grid, seed))]
+    return {key: float(np.nanmean([row[key] for row in rows if key in row])) for key in METRICS}
+
+
+def prompt_explainers(clip, knowledge):
+    """label -> fn(image, prompt index) -> [g, g]: every method in models.explain.METHODS with its own target,
+    and each logit-target method again with the CLIP-ES target (the prompt against the healthy prompts)."""
     from models.explain import METHODS, Explainer
+
+    explainer, sentences = Explainer(clip), knowledge.sentences()
+    healthy = [i for i, is_healthy in enumerate(knowledge.healthy_mask()) if is_healthy]
+
+    def explain(method, target=None):
+        return lambda image, index: explainer.prompt_maps(image, sentences, method, indices=[index], target=target,
+                                                          competitors=healthy)[0]
+    table = {method.label: explain(method) for method in METHODS.values()}
+    table.update({f"{method.label}, CLIP-ES target": explain(method, "clip_es") for method in METHODS.values()
+                  if method.target == "logit"})
+    return table
+
+
+def explanation_scores(clip, world, truth, knowledge, pixels, items, captioner=None, captions=None, steps=16):
+    """Per explainer (prompt_explainers, and the caption map): the mean of every metric and ms per map, and
+    the same metrics for random maps. A prompt map explains the item's true primary defect prompt against
+    its mask; the caption map explains the generated caption against the union of the item's masks."""
+    from models.explain import Explainer
     from models.faithfulness import prompt_probability
 
-    explainer = Explainer(clip)
-    sentences = knowledge.sentences()
-    names = [method.label for method in METHODS.values()] + (["caption map"] if captioner is not None else [])
-    results = {name: {} for name in names}
+    explainers, rows = prompt_explainers(clip, knowledge), []
     for i in tqdm(items, desc="explanations", unit="image"):
-        row = truth.iloc[i]
-        masks = load_masks(world, row["id"])
-        image = pixels[i:i + 1].to(clip.device)
-        index = knowledge.index(row["primary"])
-        for method in METHODS.values():
-            saliency = explainer.prompt_maps(image, sentences, method, indices=[index])[0]
-            _score_map(results[method.label], saliency, masks[row["primary"]], image,
-                       prompt_probability(clip, sentences, index), clip.patch_grid, steps, random_count, random_curves)
+        row, image = truth.iloc[i], pixels[i:i + 1].to(clip.device)
+        masks, index = load_masks(world, row["id"]), knowledge.index(row["primary"])
+        score_fn = prompt_probability(clip, knowledge.sentences(), index)
+        rows += _scored(explainers, image, index, masks[row["primary"]], score_fn, clip.patch_grid, steps, i)
         if captioner is not None:
-            saliency = explainer.caption_map(captioner, image, captions[i])[0]
-            _score_map(results["caption map"], saliency, np.any(np.stack(list(masks.values())), axis=0), image,
-                       caption_score_fn(captioner, captions[i]), clip.patch_grid, steps, random_count, random_curves)
-    return {name: {key: float(np.mean(values)) for key, values in out.items()} for name, out in results.items()}
+            caption = {"caption map": lambda image, _: Explainer(clip).caption_map(captioner, image, captions[i])[0]}
+            union = np.any(np.stack(list(masks.values())), axis=0)
+            rows += _scored(caption, image, None, union, caption_score_fn(captioner, captions[i]), clip.patch_grid,
+                            steps, i, random_name="random maps (caption)")
+    return pd.DataFrame(rows).groupby("method", sort=False).mean(numeric_only=True)
 
 
-def _score_map(out, saliency, mask, image, score_fn, grid, steps, random_count, random_curves):
-    """Append one map's scores and the same scores of random maps to the lists in `out`."""
-    from models.faithfulness import deletion_auc, energy_in_mask, insertion_auc, pointing_game, random_baseline
-
-    def add(key, value):
-        out.setdefault(key, []).append(value)
-
-    add("pointing", pointing_game(saliency, mask))
-    add("energy", energy_in_mask(saliency, mask))
-    add("pointing_random", random_baseline(pointing_game, grid, mask, count=random_count))
-    add("energy_random", random_baseline(energy_in_mask, grid, mask, count=random_count))
-    for curve, auc in (("deletion", deletion_auc), ("insertion", insertion_auc)):
-        add(curve, auc(saliency, score_fn, image, steps=steps))
-        add(f"{curve}_random", random_baseline(auc, grid, score_fn, image, count=random_curves, steps=steps))
+def _scored(explainers, image, index, mask, score_fn, grid, steps, seed, random_name="random maps"):
+    """One row per explainer for one image, then the random maps' row."""
+    rows = []
+    for name, explain in explainers.items():
+        start = time.perf_counter()
+        saliency = explain(image, index)
+        milliseconds = 1000 * (time.perf_counter() - start)
+        rows.append({"method": name, **map_scores(saliency, mask, score_fn, image, steps), "ms": milliseconds})
+    rows.append({"method": random_name, **random_scores(grid, mask, score_fn, image, seed, steps), "ms": np.nan})
+    return rows
 
 
-def table(clip_result, label_result=None, caption_result=None, explain_result=None):
+def explanation_table(frame):
+    """Methods as rows, metrics as columns, the random rows last; deletion AUC: lower is better."""
+    randoms = [name for name in frame.index if name.startswith("random")]
+    frame = frame.loc[[name for name in frame.index if name not in randoms] + randoms, [*METRICS, "ms"]]
+    shown = frame.rename(columns={**METRICS, "ms": "ms/map"}).rename_axis(None)
+    return shown.to_string(float_format=lambda v: f"{v:.3f}", na_rep="-",
+                           formatters={"ms/map": lambda v: "-" if np.isnan(v) else f"{v:.0f}"})
+
+
+def table(clip_result, label_result=None, caption_result=None):
     rows = [("CLIP top-1 defect type (a true defect)", clip_result["top1_any"], clip_result["chance_any"]),
             ("CLIP top-1 defect type (the primary)", clip_result["top1_primary"], clip_result["chance_primary"]),
             ("CLIP healthy-vs-defect AUROC", clip_result["auroc"], 0.5)]
@@ -168,10 +212,6 @@ def table(clip_result, label_result=None, caption_result=None, explain_result=No
     if caption_result:
         rows += [("generated caption correct (primary defect)", caption_result["caption"], np.nan),
                  ("generated caption correct (a true defect)", caption_result["caption_any"], np.nan)]
-    for name, values in (explain_result or {}).items():
-        for key, label in (("pointing", "pointing game"), ("energy", "energy in mask"),
-                           ("deletion", "deletion AUC (lower better)"), ("insertion", "insertion AUC (higher better)")):
-            rows.append((f"{name}: {label}", values[key], values[f"{key}_random"]))
     frame = pd.DataFrame(rows, columns=["metric", "value", "random/chance"])
     return frame.to_string(index=False, float_format=lambda v: f"{v:.3f}", na_rep="-")
 
@@ -179,9 +219,12 @@ def table(clip_result, label_result=None, caption_result=None, explain_result=No
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--bundle", default="checkpoints/demo", help="captioner bundle (default: %(default)s)")
-    parser.add_argument("--clip", help="evaluate this CLIP directory only (no labeler, captions, caption map)")
-    parser.add_argument("--world", default="checkpoints/demo-eval-world",
-                        help="held-out world, generated when missing (default: %(default)s)")
+    parser.add_argument("--clip", action="append", help="evaluate this CLIP directory only (no labeler, captions, "
+                        "caption map); repeat it to compare CLIPs, e.g. the bundle's clip/ and the reference CLIP")
+    parser.add_argument("--world", help="held-out world, generated when missing (default: "
+                        "checkpoints/demo-eval-world, or demo-eval-world-hard with --hard)")
+    parser.add_argument("--hard", action="store_true", help="the harder world (demo.world.HARD: small, faint "
+                        "defects, two items, stickers, leaves, speckles), so figures are not at ceiling")
     parser.add_argument("--n", type=int, default=600, help="held-out images (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=1, help="held-out world seed; the demo trains on 0")
     parser.add_argument("--explain", type=int, default=60, help="defect images to explain (default: %(default)s)")
@@ -191,22 +234,24 @@ def main(argv=None):
     if args.threads:
         torch.set_num_threads(args.threads)
     start = time.perf_counter()
-    print(evaluate(args))
+    world = held_out_world(args.world or f"checkpoints/demo-eval-world{'-hard' if args.hard else ''}", args.n,
+                           args.seed, hard=args.hard)
+    for clip_dir in args.clip or [None]:
+        print(evaluate(args, world, clip_dir), flush=True)
     print(f"({time.perf_counter() - start:.0f}s)")
 
 
-def evaluate(args):
-    """The whole table for the parsed flags."""
+def evaluate(args, world, clip_dir=None):
+    """The tables of one CLIP directory, or (clip_dir None) of the bundle, on the held-out world."""
     captioner = None
-    if args.clip:
-        clip = CLIPW.from_pretrained(args.clip)
+    if clip_dir:
+        clip = CLIPW.from_pretrained(clip_dir)
     else:
         from models.vlm import ClipCaptioner
         captioner = ClipCaptioner.from_pretrained(args.bundle)
         clip = captioner.clip
     knowledge_source = captioner.config.knowledge if captioner else "fruit"
     knowledge = load_knowledge(knowledge_source)
-    world = held_out_world(args.world, args.n, args.seed)
     truth = load_truth(world)
     pixels = clip.pixel_values([Path(world) / p for p in truth["path"]])
     clip_result = clip_scores(clip.probabilities(pixels, knowledge.sentences()).cpu(), truth, knowledge)
@@ -218,11 +263,12 @@ def evaluate(args):
             label_result = label_scores(labels, truth, knowledge)
         caption_result, captions = caption_scores(captioner, pixels, truth, knowledge)
     items = [i for i, d in enumerate(defects_of(truth)) if d][:args.explain]
-    explain_result = explanation_scores(clip, world, truth, knowledge, pixels, items, captioner, captions,
-                                        steps=args.steps) if items else None
+    explained = explanation_scores(clip, world, truth, knowledge, pixels, items, captioner, captions,
+                                   steps=args.steps) if items else None
     return (f"\nheld-out world {world} (seed {args.seed}, {len(truth)} images; {len(items)} explained), "
-            f"{'CLIP ' + args.clip if args.clip else 'bundle ' + args.bundle}\n"
-            + table(clip_result, label_result, caption_result, explain_result))
+            f"{'CLIP ' + clip_dir if clip_dir else 'bundle ' + args.bundle}\n" + table(clip_result, label_result,
+                                                                                      caption_result)
+            + ("\n\n" + explanation_table(explained) if explained is not None else ""))
 
 
 if __name__ == "__main__":

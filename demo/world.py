@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
@@ -22,6 +22,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from utils.files import atomic_write, read_json, write_json
+from utils.options import option
 
 DEFECT_KINDS = (
     "green_mold", "blue_mold", "white_mold", "black_mold", "dark_spots",
@@ -36,6 +37,25 @@ GENERATOR_VERSION = 1
 JPEG_QUALITY = 92
 
 Color = tuple[float, float, float]
+
+
+@dataclass(frozen=True)
+class WorldOptions:
+    """How hard a world is to explain; the defaults draw the original world, item for item."""
+    defect_scale: float = option(1.0, "defect sizes scale with this fraction of the item's radius")
+    faintest: float = option(1.0, "each defect is blended in at an opacity drawn from [faintest, 1]")
+    items_max: int = option(1, "items per photo: 1 to this many; defects land on one random item each")
+    item_scale: float = option(0.7, "size of each item when a photo holds several")
+    speckles: float = option(0.0, "probability of natural lenticel speckles on an item (not a defect)")
+    sticker: float = option(0.0, "probability of a produce sticker on an item")
+    leaf: float = option(0.0, "probability of a leaf next to or over an item")
+    stems: bool = option(False, "a stem on every kind of fruit (not only apples and pears)")
+
+
+# the explanation benchmark's harder world: smaller and fainter defects, two items, distractors; the
+# un-coached reference CLIP still names the primary defect of about a third of the defect items
+HARD = WorldOptions(defect_scale=0.85, faintest=0.7, items_max=2, item_scale=0.7, speckles=0.5, sticker=0.4,
+                    leaf=0.4, stems=True)
 
 
 @dataclass
@@ -176,11 +196,13 @@ def _fruit_axes(rng: np.random.Generator, kind: str, s: int) -> tuple[float, flo
     return a, b, angle
 
 
-def _fruit_geometry(rng: np.random.Generator, kind: str, h: int, w: int) -> _Fruit:
-    a, b, angle = _fruit_axes(rng, kind, min(h, w))
+def _fruit_geometry(rng: np.random.Generator, kind: str, h: int, w: int, scale: float = 1.0,
+                    center=None) -> _Fruit:
+    a, b, angle = _fruit_axes(rng, kind, min(h, w) * scale)
     extent = max(a, b) * 0.35
-    cx = w / 2 + np.clip(rng.normal(0, 0.08 * w), -extent, extent)
-    cy = h / 2 + np.clip(rng.normal(0, 0.08 * h), -extent, extent)
+    mx, my = (w / 2, h / 2) if center is None else center
+    cx = mx + np.clip(rng.normal(0, 0.08 * w * scale), -extent, extent)
+    cy = my + np.clip(rng.normal(0, 0.08 * h * scale), -extent, extent)
 
     ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
     dx, dy = xs - cx, ys - cy
@@ -440,22 +462,33 @@ def _place(rng: np.random.Generator, fruit: _Fruit, taken: list) -> tuple[float,
     return best
 
 
-def _paint_defects(rng, surf: _Surface, fruit: _Fruit, kinds: Sequence[str]) -> dict[str, np.ndarray]:
+def _paint_defects(rng, surf: _Surface, fruit: _Fruit, kinds: Sequence[str],
+                   options: WorldOptions = WorldOptions()) -> dict[str, np.ndarray]:
     min_px = max(4, fruit.r.size // 2000)
     masks, taken = {}, []
+    sized = fruit if options.defect_scale == 1 else replace(fruit, radius=fruit.radius * options.defect_scale)
     for kind in kinds:
         for _ in range(6):  # retry if the defect barely touched the fruit
             trial = surf.copy()
             center = _place(rng, fruit, taken)
-            mask = (_PAINTERS[kind](rng, trial, fruit, center) > 0.35) & fruit.inside
+            mask = (_PAINTERS[kind](rng, trial, sized, center) > 0.35) & fruit.inside
             if mask.sum() >= min_px:
                 break
         if not mask.any():  # only on tiny images: leave out a defect that cannot be seen
             continue
+        if options.faintest < 1:  # a faint defect: the same shape and mask, part of its colour and relief
+            _blend(surf, trial, np.float32(rng.uniform(options.faintest, 1.0)))
         surf.albedo, surf.gloss, surf.bump = trial.albedo, trial.gloss, trial.bump
         masks[kind] = mask
         taken.append(center)
     return masks
+
+
+def _blend(before: _Surface, after: _Surface, opacity) -> None:
+    """In place: `after` keeps only `opacity` of its change from `before`."""
+    after.albedo = before.albedo + opacity * (after.albedo - before.albedo)
+    after.gloss = before.gloss + opacity * (after.gloss - before.gloss)
+    after.bump = before.bump + opacity * (after.bump - before.bump)
 
 
 # scene: background, light, camera
@@ -520,27 +553,120 @@ def _shade(rng, surf: _Surface, fruit: _Fruit, light: np.ndarray) -> np.ndarray:
     return surf.albedo * (ambient + (1 - ambient) * diffuse)[..., None] + spec[..., None]
 
 
-def _compose(rng, h: int, w: int, fruit: _Fruit, surf: _Surface) -> np.ndarray:
+def _light(rng: np.random.Generator) -> np.ndarray:
     az = rng.uniform(-np.pi * 0.9, -np.pi * 0.1)  # light mostly from above
     tilt = rng.uniform(0.35, 0.8)
     light = np.array([np.cos(az) * tilt, np.sin(az) * tilt, 1.0])
-    light /= np.linalg.norm(light)
-    bg = _background(rng, h, w)
+    return light / np.linalg.norm(light)
+
+
+def _place_item(rng, img: np.ndarray, fruit: _Fruit, surf: _Surface, light: np.ndarray, stem: bool) -> np.ndarray:
+    """Draw one item over `img` (its shadow, its shaded skin, its stem) and return the new picture."""
+    h, w, _ = img.shape
     shift = -light[:2] / light[2] * fruit.radius * rng.uniform(0.15, 0.35)
     m = np.float32([[1, 0, shift[0]], [0, 1, shift[1] + fruit.radius * 0.1]])
     shadow = cv2.warpAffine(fruit.alpha, m, (w, h))
     shadow = cv2.GaussianBlur(shadow, (0, 0), fruit.radius * rng.uniform(0.15, 0.3))
-    bg *= (1 - rng.uniform(0.3, 0.55) * shadow)[..., None]
-    color = _shade(rng, surf, fruit, light)
+    img = img * (1 - rng.uniform(0.3, 0.55) * shadow)[..., None]
     a = fruit.alpha[..., None]
-    img = color * a + bg * (1 - a)
-    if fruit.kind in ("apple", "pear"):  # stem
-        tip = np.array(fruit.top)
-        stem = _curve(tip, fruit.axis + rng.normal(0, 0.3), min(h, w) * rng.uniform(0.06, 0.1),
-                      rng.uniform(-0.5, 0.5), 5)
-        cov = _polyline_coverage((h, w), [stem], max(1, round(min(h, w) / 96)))
-        _mix(img, _jitter(rng, (0.33, 0.22, 0.10)), cov)
+    img = _shade(rng, surf, fruit, light) * a + img * (1 - a)
+    if stem or fruit.kind in ("apple", "pear"):
+        bend = fruit.axis + rng.normal(0, 0.3)
+        length = min(h, w) * rng.uniform(0.06, 0.1) * (1 if fruit.kind in ("apple", "pear") else 0.5)
+        path = _curve(np.array(fruit.top), bend, length, rng.uniform(-0.5, 0.5), 5)
+        cov = _polyline_coverage((h, w), [path], max(1, round(min(h, w) / 96)))
+        _mix(img, _jitter(rng, (0.33, 0.22, 0.10) if fruit.kind != "tomato" else (0.25, 0.45, 0.15)), cov)
     return img
+
+
+# the harder settings (WorldOptions): several items, distractors that are not defects
+
+def _layout(rng: np.random.Generator, n: int, w: int, h: int) -> list:
+    """Item centres: one anywhere near the middle (None), two side by side, three in a rotated triangle."""
+    if n == 1:
+        return [None]
+    if n == 2:
+        spots = [(0.29, 0.5 + rng.uniform(-0.12, 0.12)), (0.71, 0.5 + rng.uniform(-0.12, 0.12))]
+    else:
+        turn = rng.uniform(0, 2 * np.pi)
+        spots = [(0.5 + 0.25 * np.cos(turn + k * 2 * np.pi / 3), 0.5 + 0.25 * np.sin(turn + k * 2 * np.pi / 3))
+                 for k in range(3)]
+    return [(x * w, y * h) for x, y in spots]
+
+
+def _speckle(rng, surf: _Surface, fruit: _Fruit) -> None:
+    """Natural lenticels: many small pale (or dark) dots over the skin, painted before the defects."""
+    h, w = fruit.r.shape
+    ys, xs = np.nonzero(fruit.inside & (fruit.r < 0.9))
+    if len(xs) == 0:
+        return
+    dots = np.zeros((h, w), np.float32)
+    size = max(0.5, min(h, w) / 128 * rng.uniform(0.5, 0.9))
+    for i in rng.integers(len(xs), size=rng.integers(25, 70)):
+        d, _, _ = _dist(h, w, (xs[i] + rng.uniform(-0.5, 0.5), ys[i] + rng.uniform(-0.5, 0.5)))
+        dots = np.maximum(dots, _smoothstep(size + 0.7, size - 0.3, d))
+    tone = (0.93, 0.85, 0.62) if rng.random() < 0.7 else (0.25, 0.17, 0.09)
+    _mix(surf.albedo, _jitter(rng, tone, 0.1), dots * rng.uniform(0.35, 0.6))
+
+
+def _sticker(rng, img, fruit: _Fruit, avoid: np.ndarray) -> np.ndarray:
+    """A produce sticker (an oval label with a printed line) on the item, away from its defects where it can;
+    returns its coverage."""
+    h, w = fruit.r.shape
+    ys, xs = np.nonzero(fruit.inside & (fruit.r < 0.6))
+    if len(xs) == 0:
+        return np.zeros((h, w), np.float32)
+    rx, ry = fruit.radius * rng.uniform(0.25, 0.35), fruit.radius * rng.uniform(0.17, 0.24)
+    keep_out = cv2.dilate(avoid.astype(np.uint8), np.ones((3, 3), np.uint8), iterations=int(rx) + 2) > 0
+    for _ in range(12):
+        i = rng.integers(len(xs))
+        if not keep_out[ys[i], xs[i]]:
+            break
+    _, dx, dy = _dist(h, w, (xs[i], ys[i]))
+    ang = rng.uniform(0, np.pi)
+    ex = (dx * np.cos(ang) + dy * np.sin(ang)) / rx
+    ey = (-dx * np.sin(ang) + dy * np.cos(ang)) / ry
+    cov = _smoothstep(1.05, 0.9, np.sqrt(ex * ex + ey * ey)) * fruit.alpha
+    paper = [(0.95, 0.95, 0.92), (0.98, 0.85, 0.2), (0.25, 0.45, 0.8), (0.85, 0.2, 0.2)][rng.integers(4)]
+    _mix(img, _jitter(rng, paper, 0.04), cov)
+    ink = cov * (np.abs(ey) < 0.22) * (np.abs(ex) < 0.7) * (0.5 + 0.5 * np.sin(ex * rng.uniform(8, 14)) > 0.3)
+    _mix(img, (0.1, 0.1, 0.12) if paper[0] > 0.5 else (0.95, 0.95, 0.95), ink * 0.8)
+    return cov
+
+
+def _leaf(rng, img, fruit: _Fruit) -> np.ndarray:
+    """A leaf with a midrib, attached near the stem end and lying partly over the item; returns its coverage."""
+    h, w = fruit.r.shape
+    length = fruit.radius * rng.uniform(0.8, 1.3)
+    heading = fruit.axis + rng.choice([-1, 1]) * rng.uniform(0.5, 1.6)
+    base = np.array(fruit.top) - 0.15 * length * np.array([np.cos(heading), np.sin(heading)])
+    _, dx, dy = _dist(h, w, base)
+    u = (dx * np.cos(heading) + dy * np.sin(heading)) / length  # 0 at the base, 1 at the tip
+    v = (-dx * np.sin(heading) + dy * np.cos(heading)) / (length * rng.uniform(0.18, 0.28))
+    v = v - rng.uniform(-0.5, 0.5) * u * u  # a slight curl
+    width = np.clip(np.sin(np.clip(u, 0, 1) * np.pi), 0, 1) ** 0.8
+    cov = _smoothstep(1.05, 0.85, np.abs(v) / np.maximum(width, 1e-3)) * ((u > 0) & (u < 1))
+    green = _jitter(rng, [(0.22, 0.45, 0.12), (0.30, 0.55, 0.18), (0.38, 0.58, 0.16)][rng.integers(3)], 0.1)
+    shade = (1 + 0.18 * np.clip(v, -1, 1))[..., None]  # lit on one side of the midrib
+    leaf = np.clip(green * shade * (1 + 0.05 * _grain(rng, h, w, 0.7))[..., None], 0, 1)
+    a = cov[..., None]
+    img[:] = img * (1 - a) + leaf * a
+    _mix(img, green * 1.35, cov * (np.abs(v) < 0.12) * 0.7)  # midrib
+    return cov.astype(np.float32)
+
+
+def _distractors(rng, img, fruits, masks, options: WorldOptions) -> np.ndarray:
+    """Stickers and leaves over the items, drawn into `img`; returns where they cover the picture."""
+    covered = np.zeros(img.shape[:2], bool)
+    for j, fruit in enumerate(fruits):
+        defects_here = np.zeros(img.shape[:2], bool)
+        for owner, mask in masks.values():
+            defects_here |= mask & (owner == j)
+        if rng.random() < options.sticker:
+            covered |= _sticker(rng, img, fruit, defects_here) > 0.1
+        if rng.random() < options.leaf:
+            covered |= _leaf(rng, img, fruit) > 0.1
+    return covered
 
 
 def _camera(rng: np.random.Generator, img: np.ndarray) -> np.ndarray:
@@ -565,20 +691,53 @@ def _choose_defects(rng: np.random.Generator, defect_probs) -> list[str]:
 
 
 def render_sample(rng: np.random.Generator, width: int = 128, height: int = 128,
-                  defect_probs: Sequence[float] | None = None) -> Sample:
+                  defect_probs: Sequence[float] | None = None, options: WorldOptions = WorldOptions()) -> Sample:
     """Draw one product photo with its truth.
 
-    defect_probs[k] is the probability of k distinct defects on the item (default DEFAULT_DEFECT_PROBS).
-    Scene, defects and camera draw from separate streams, so the same rng state with defect_probs=[1]
-    gives the identical item without its defects (a healthy twin for counterfactual checks).
+    defect_probs[k] is the probability of k distinct defects in the photo (default DEFAULT_DEFECT_PROBS).
+    Scene, defects and camera draw from separate streams (the harder options from two more), so the same
+    rng state with defect_probs=[1] gives the identical photo without its defects (a healthy twin for
+    counterfactual checks; with stickers, which avoid defects, up to where a sticker lands). Masks hold only
+    what can be seen: a defect under another item, a sticker or a leaf loses those pixels, and is left out
+    when too little of it shows.
     """
-    scene_rng, defect_rng, camera_rng = rng.spawn(3)
-    fruit_kind = str(scene_rng.choice(FRUITS))
-    fruit = _fruit_geometry(scene_rng, fruit_kind, height, width)
-    surf = _skin(scene_rng, fruit)
-    masks = _paint_defects(defect_rng, surf, fruit, _choose_defects(defect_rng, defect_probs))
-    img = _camera(camera_rng, _compose(scene_rng, height, width, fruit, surf))
-    return Sample(Image.fromarray(img), fruit_kind, list(masks), masks)
+    scene_rng, defect_rng, camera_rng, extra_rng, distractor_rng = rng.spawn(5)
+    centers = _layout(extra_rng, int(extra_rng.integers(1, options.items_max + 1)), width, height)
+    scale = 1.0 if len(centers) == 1 else options.item_scale
+    fruits, surfs = [], []
+    for center in centers:
+        fruit = _fruit_geometry(scene_rng, str(scene_rng.choice(FRUITS)), height, width, scale, center)
+        surfs.append(_skin(scene_rng, fruit))
+        if extra_rng.random() < options.speckles:
+            _speckle(extra_rng, surfs[-1], fruit)
+        fruits.append(fruit)
+    kinds = _choose_defects(defect_rng, defect_probs)
+    owners = defect_rng.integers(len(fruits), size=len(kinds)) if len(fruits) > 1 else [0] * len(kinds)
+    masks = {}
+    for j, (fruit, surf) in enumerate(zip(fruits, surfs)):
+        mine = [kind for kind, owner in zip(kinds, owners) if owner == j]
+        masks.update({k: (j, m) for k, m in _paint_defects(defect_rng, surf, fruit, mine, options).items()})
+    light = _light(scene_rng)
+    img, top = _background(scene_rng, height, width), np.full((height, width), -1)
+    for j, (fruit, surf) in enumerate(zip(fruits, surfs)):
+        img = _place_item(scene_rng, img, fruit, surf, light, options.stems)
+        top[fruit.alpha > 0.5] = j  # which item is in front at each pixel
+    covered = _distractors(distractor_rng, img, fruits, masks, options)
+    visible = _visible(masks, top, covered)
+    primary_owner = masks[max(visible, key=lambda k: int(visible[k].sum()))][0] if visible else 0
+    img = _camera(camera_rng, img)
+    return Sample(Image.fromarray(img), fruits[primary_owner].kind, list(visible), visible)
+
+
+def _visible(masks, top, covered) -> dict[str, np.ndarray]:
+    """Each defect's pixels where its own item is in front and nothing covers it; a defect that lost pixels
+    and keeps too few is left out (an unoccluded one is kept as drawn)."""
+    visible = {}
+    for kind, (owner, mask) in masks.items():
+        seen = mask & (top == owner) & ~covered
+        if seen.sum() == mask.sum() or seen.sum() >= max(4, mask.size // 4000):
+            visible[kind] = seen
+    return visible
 
 
 def item_rng(seed: int, index: int) -> np.random.Generator:
@@ -592,7 +751,7 @@ def _save_npz(path: Path, masks: Mapping[str, np.ndarray]) -> None:
 
 
 def write_world(out_dir, n: int, seed: int = 0, width: int = 128, height: int = 128,
-                progress: bool = True) -> Path:
+                progress: bool = True, options: WorldOptions = WorldOptions()) -> Path:
     """Write n samples as images/<primary>/<id>.jpg, masks/<id>.npz, labels.csv, then world.json.
 
     A directory already holding the same finished world is left untouched; an interrupted run of the
@@ -601,6 +760,8 @@ def write_world(out_dir, n: int, seed: int = 0, width: int = 128, height: int = 
     out = Path(out_dir)
     params = {"n": int(n), "seed": int(seed), "width": int(width), "height": int(height),
               "generator": GENERATOR_VERSION}
+    if options != WorldOptions():  # the original world keeps its old world.json (no rebuild)
+        params["options"] = asdict(options)
     if read_json(out / "world.json") == params:
         return out
     started = out / ".world.partial.json"
@@ -620,7 +781,7 @@ def write_world(out_dir, n: int, seed: int = 0, width: int = 128, height: int = 
     rows = []
     for i in tqdm(range(n), desc="synthetic world", disable=not progress):
         sid = f"{i:06d}"
-        sample = render_sample(item_rng(seed, i), width, height)
+        sample = render_sample(item_rng(seed, i), width, height, options=options)
         rel = f"images/{sample.primary}/{sid}.jpg"
         if not (out / rel).exists():
             atomic_write(out / rel, lambda p: sample.image.save(p, format="JPEG", quality=JPEG_QUALITY))
@@ -670,13 +831,15 @@ def main(argv=None) -> None:
                     help="random seed; the same seed and size give identical images (default: %(default)s)")
     ap.add_argument("--size", type=parse_size, default=(128, 128), metavar="N|WxH",
                     help="image size in pixels, square N or width x height (default: 128)")
+    ap.add_argument("--hard", action="store_true",
+                    help="the harder world (small, faint defects; two items; stickers, leaves, speckles)")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
     args = ap.parse_args(argv)
     if args.n < 1:
         ap.error("--n must be at least 1")
     start = time.perf_counter()
     out = write_world(args.out, args.n, seed=args.seed, width=args.size[0], height=args.size[1],
-                      progress=not args.quiet)
+                      progress=not args.quiet, options=HARD if args.hard else WorldOptions())
     counts = load_truth(out)["primary"].value_counts()
     print(f"{out}: {args.n} images in {time.perf_counter() - start:.1f}s")
     print(", ".join(f"{k} {v}" for k, v in counts.items()))

@@ -17,7 +17,7 @@ import torch
 from models.clip import pooled
 from utils.images import center_crop_box, load_image
 
-TARGETS = ("logit", "contrastive")
+TARGETS = ("logit", "contrastive", "clip_es")
 
 
 def tokens_to_grid(values):
@@ -69,12 +69,34 @@ def relevancy_maps(attentions, gradients):
     return normalize_maps(tokens_to_grid(relevance[:, 0, :]))
 
 
-def prompt_scores(image_features, text_features, logit_scale, target="logit"):
-    """Per-prompt target scores [P] of one image: the logit, or its log-softmax over all prompts."""
+def legrad_maps(attention_gradients):
+    """LeGrad (Bousselham et al., ICCV 2025, Sec. 3): per layer l, the gradient of the score read from that
+    layer's tokens w.r.t. its attention probabilities A^l, positive part, mean over heads and query tokens;
+    then the mean over layers. attention_gradients: per layer [k, H, T, T] -> [k, g, g]."""
+    per_layer = [gradient.clamp(min=0).mean(dim=(1, 2)) for gradient in attention_gradients]  # [k, T] each
+    return normalize_maps(tokens_to_grid(torch.stack(per_layer).mean(dim=0)))
+
+
+def prompt_scores(image_features, text_features, logit_scale, target="logit", competitors=None):
+    """Per-prompt target scores [P] of one image: the logit, its log-softmax over all prompts, or
+    (clip_es) its probability in a softmax over itself and the `competitors` (indices, e.g. the healthy
+    prompts: CLIP-ES, Lin et al. 2023, so what a prompt shares with healthy skin cancels out)."""
     if target not in TARGETS:
         raise ValueError(f"unknown target '{target}': choose one of {TARGETS}")
     logits = logit_scale * image_features[0] @ text_features.T
+    if target == "clip_es":
+        return clip_es_scores(logits, range(len(logits)) if competitors is None else competitors)
     return logits.log_softmax(dim=-1) if target == "contrastive" else logits
+
+
+def clip_es_scores(logits, competitors):
+    """[P] logits -> [P]: prompt c's softmax probability among c and the competitors (c counted once)."""
+    count = len(logits)
+    rival = torch.zeros(count, dtype=torch.bool, device=logits.device)
+    rival[list(competitors)] = True
+    eye = torch.eye(count, dtype=torch.bool, device=logits.device)
+    table = logits.expand(count, -1).masked_fill(~rival | eye, float("-inf"))  # row c: rivals other than c
+    return torch.sigmoid(logits - torch.logsumexp(table, dim=1))  # exp(l_c) / (exp(l_c) + sum of rivals)
 
 
 @contextmanager
@@ -157,6 +179,11 @@ class Method:
     def maps(self, recorded, gradients):
         raise NotImplementedError
 
+    def gradients(self, explainer, features, recorded, feature_grads):
+        """[k, ...] per recorded tensor: the gradients of the k scores, given their gradients w.r.t. the
+        image embedding `features` [1, D] (feature_grads [k, 1, D]), in one backward batched over k."""
+        return _vector_jacobians(features, recorded, feature_grads)
+
 
 class GradCAM(Method):
     """Reads the explainer's block as the next block's first LayerNorm hands it to attention."""
@@ -197,7 +224,37 @@ class Relevancy(Method):
         return relevancy_maps([a[0] for a in recorded], [g[:, 0] for g in gradients])
 
 
-METHODS = {method.name: method for method in (GradCAM(), GradCAMContrastive(), Relevancy())}
+class LeGrad(Method):
+    """Records every block's attention probabilities and its output, the latter as a fresh leaf: the backward
+    of sum_l s^l then reaches each A^l only through s^l (its own layer's score), in one backward pass."""
+    name, label = "legrad", "LeGrad"
+    help = "gradients of each layer's own score w.r.t. its attention maps, averaged (Bousselham et al. 2025)"
+    eager_attention = whole_graph = True
+
+    def modules(self, explainer):
+        return [module for layer in explainer.layers for module in (layer.self_attn, layer)]
+
+    def record(self, output, recorded):
+        if isinstance(output, tuple):  # attention: (output, probabilities)
+            recorded.append(output[1])
+            return None
+        recorded.append(output)  # a block's output, with its graph; the next block gets a fresh leaf instead,
+        return output.detach().requires_grad_()  # so the scores of the layers above stop there
+
+    def gradients(self, explainer, features, recorded, feature_grads):
+        """Every layer's tokens read as an embedding (mean over tokens, as LeGrad's code reads CLIP, through
+        CLIP's final LayerNorm and projection, first view only), scored with the embedding's k gradients."""
+        attentions, hidden = recorded[0::2], torch.stack([h[:1] for h in recorded[1::2]])  # [L, 1, T, C]
+        pooled_tokens = explainer.vision.post_layernorm(hidden.mean(dim=2))
+        embeddings = torch.nn.functional.normalize(explainer.model.visual_projection(pooled_tokens), dim=-1)
+        vectors = feature_grads[:, None].expand(-1, *embeddings.shape)
+        return _vector_jacobians(embeddings, attentions, vectors)
+
+    def maps(self, recorded, gradients):
+        return legrad_maps([gradient[:, 0] for gradient in gradients])
+
+
+METHODS = {method.name: method for method in (GradCAM(), GradCAMContrastive(), Relevancy(), LeGrad())}
 
 
 def get_method(method):
@@ -247,17 +304,18 @@ class Explainer:
         return self.layers[following].layer_norm1 if following < len(self.layers) else self.layers[self.block]
 
     @_autograd_on()
-    def prompt_maps(self, pixel_values, texts, method="gradcam", indices=None, target=None, separate_passes=False):
+    def prompt_maps(self, pixel_values, texts, method="gradcam", indices=None, target=None, separate_passes=False,
+                    competitors=None):
         """[k, g, g] maps of one image, one per prompt in `indices` (default: all prompts). `target` overrides
-        the method's own ("logit" or "contrastive"); contrastive targets compete against ALL given prompts,
-        not only the explained ones."""
+        the method's own (TARGETS); contrastive targets compete against ALL given prompts, not only the
+        explained ones; clip_es ones against `competitors` (prompt indices; default all)."""
         method = get_method(method)
         text_features = self.text_features(texts)
         picked = torch.arange(len(text_features)) if indices is None else torch.as_tensor(indices).long()
         kind = target or method.target
 
         def scores(features):
-            return prompt_scores(features, text_features, self.logit_scale, kind)[picked]
+            return prompt_scores(features, text_features, self.logit_scale, kind, competitors)[picked]
         return self.explain(pixel_values, scores, method, separate_passes)
 
     @_autograd_on()
@@ -296,7 +354,7 @@ class Explainer:
             features, recorded = self._record(pixel_values, method)
             leaf = features.detach().requires_grad_()
             feature_grads = _vector_jacobians(target(leaf), [leaf])[0]
-            return method.maps(recorded, _vector_jacobians(features, recorded, feature_grads)).detach()
+            return method.maps(recorded, method.gradients(self, features, recorded, feature_grads)).detach()
 
     def _explain_separately(self, pixel_values, target, method):
         maps, count, index = [], 1, 0
@@ -304,8 +362,8 @@ class Explainer:
             features, recorded = self._record(pixel_values, method)
             scores = target(features)
             count = len(scores)
-            grads = torch.autograd.grad(scores[index], recorded, allow_unused=True)
-            maps.append(method.maps(recorded, [_zeros_if_none(g, x)[None] for g, x in zip(grads, recorded)]))
+            vector = torch.autograd.grad(scores[index], features, retain_graph=True)[0]
+            maps.append(method.maps(recorded, method.gradients(self, features, recorded, vector[None])))
             index += 1
         return torch.cat(maps).detach()
 

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from models.explain import Explainer
 from utils.images import center_crop_box
+from utils.metrics import auroc
 
 BASELINES = ("blur", "mean", "zero")
 
@@ -47,6 +48,45 @@ def pointing_game(saliency, mask, tolerance=0):
         size = 2 * tolerance + 1
         inside = F.max_pool2d(inside[None, None].float(), size, stride=1, padding=tolerance)[0, 0] > 0
     return bool(inside.flatten()[saliency.flatten().argmax()])
+
+
+def crop_mask(mask):
+    """Mask (H, W) in original pixels -> bool [S, S] tensor: the part of it in CLIP's center crop."""
+    mask = torch.as_tensor(np.array(mask))
+    mask = (mask.amax(dim=-1) if mask.ndim == 3 else mask) > 0
+    left, top, right, bottom = center_crop_box(mask.shape[1], mask.shape[0])
+    return mask[top:bottom, left:right]
+
+
+def upsample_map(saliency, side):
+    """[g, g] map -> [side, side], bilinear (the smooth map an overlay shows, not blocks)."""
+    return F.interpolate(_as_map(saliency)[None, None], size=(side, side), mode="bilinear", align_corners=False)[0, 0]
+
+
+def dilate(mask, radius):
+    """Bool [H, W] mask grown by a disk of `radius` pixels."""
+    offsets = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    disk = (offsets[:, None] ** 2 + offsets[None, :] ** 2 <= radius ** 2).float()
+    return F.conv2d(mask[None, None].float(), disk[None, None], padding=radius)[0, 0] > 0
+
+
+def strict_pointing(saliency, mask):
+    """Is the peak PIXEL of the smoothly upsampled map inside the mask dilated by half a patch? (The lenient
+    pointing_game accepts a peak patch that merely touches the mask.) A flat map points nowhere: False."""
+    saliency = _as_map(saliency)
+    if saliency.max() - saliency.min() <= 0:
+        return False
+    crop = crop_mask(mask)
+    side = crop.shape[0]
+    inside = dilate(crop, max(1, round(side / saliency.shape[-1] / 2)))
+    return bool(inside.flatten()[upsample_map(saliency, side).flatten().argmax()])
+
+
+def pixel_auroc(saliency, mask):
+    """AUROC of the upsampled map's pixels for the mask's pixels (the anomaly-detection field's pixel
+    metric; ties count half); NaN when the crop holds no mask pixel or only mask pixels."""
+    crop = crop_mask(mask)
+    return auroc(crop.flatten().numpy(), upsample_map(saliency, crop.shape[0]).flatten().numpy())
 
 
 def energy_in_mask(saliency, mask):

@@ -8,8 +8,8 @@ from transformers import CLIPConfig, CLIPModel
 
 from conftest import PROMPTS, make_tiny_captioner
 from models.lm import set_precision
-from models.explain import (Explainer, Explanation, explain_image, gradcam_maps, normalize_maps, token_log_probs,
-                            tokens_to_grid, word_log_probs)
+from models.explain import (METHODS, Explainer, Explanation, clip_es_scores, explain_image, gradcam_maps,
+                            legrad_maps, normalize_maps, token_log_probs, tokens_to_grid, word_log_probs)
 
 GRID, PATCH = 4, 4
 RED_PATCH, GREEN_PATCH = (1, 2), (3, 0)  # (row, column) on the 4 x 4 grid
@@ -63,8 +63,8 @@ def peak(map_):
     return divmod(int(map_.argmax()), map_.shape[-1])
 
 
-@pytest.mark.parametrize("method", ["gradcam", "relevancy"])
-@pytest.mark.parametrize("target", ["logit", "contrastive"])
+@pytest.mark.parametrize("method", ["gradcam", "relevancy", "legrad"])
+@pytest.mark.parametrize("target", ["logit", "contrastive", "clip_es"])
 def test_maps_peak_on_the_patch_that_drives_each_prompt(method, target):
     maps = Explainer(detector_clip()).prompt_maps(colour_image(), TEXTS, method, target=target)
     assert maps.shape == (2, GRID, GRID)
@@ -91,8 +91,8 @@ def test_channel_weights_average_over_tokens_not_channels():
     assert torch.allclose(maps, expected, atol=1e-6)
 
 
-@pytest.mark.parametrize("method", ["gradcam", "relevancy"])
-@pytest.mark.parametrize("target", ["logit", "contrastive"])
+@pytest.mark.parametrize("method", ["gradcam", "relevancy", "legrad"])
+@pytest.mark.parametrize("target", ["logit", "contrastive", "clip_es"])
 def test_one_batched_pass_equals_one_prompt_at_a_time(tiny_clip, method, target):
     torch.manual_seed(1)
     pixels = torch.randn(1, 3, 32, 32)
@@ -105,11 +105,48 @@ def test_one_batched_pass_equals_one_prompt_at_a_time(tiny_clip, method, target)
     assert batched.amax(dim=(1, 2)).eq(1).all()  # not blank
 
 
-def test_batched_pass_runs_the_vision_model_once(tiny_clip):
+@pytest.mark.parametrize("method", list(METHODS))
+def test_batched_pass_runs_the_vision_model_once(tiny_clip, method):
     calls = []
     tiny_clip.model.vision_model.register_forward_hook(lambda *args: calls.append(1))
-    Explainer(tiny_clip).prompt_maps(torch.randn(1, 3, 32, 32), PROMPTS, indices=[0, 1, 2, 3, 4])
+    Explainer(tiny_clip).prompt_maps(torch.randn(1, 3, 32, 32), PROMPTS, method, indices=[0, 1, 2, 3, 4])
     assert len(calls) == 1
+
+
+def test_legrad_on_the_toy_is_the_red_patch_alone():
+    # the first block adds nothing (zero weights): only the last layer's attention gradient is non-zero
+    maps = Explainer(detector_clip()).prompt_maps(colour_image(), RED, "legrad")
+    expected = torch.zeros(GRID, GRID)
+    expected[RED_PATCH] = 1.0
+    torch.testing.assert_close(maps[0], expected, atol=1e-4, rtol=0)
+
+
+def test_legrad_averages_each_layers_positive_attention_gradient():
+    # layer 1: token 2 gets +1 from one head and -1 (dropped) from the other; layer 2: token 3 gets +4
+    grads = [torch.zeros(1, 2, 5, 5), torch.zeros(1, 2, 5, 5)]
+    grads[0][0, 0, :, 2], grads[0][0, 1, :, 2] = 1.0, -1.0
+    grads[1][0, :, :, 3] = 4.0
+    # per token (CLS dropped): token 2 (0.5 + 0) / 2 = 0.25, token 3 (0 + 4) / 2 = 2
+    expected = normalize_maps(torch.tensor([[[0.0, 0.25], [2.0, 0.0]]]))
+    torch.testing.assert_close(legrad_maps(grads), expected, atol=1e-6, rtol=0)
+
+
+def test_clip_es_scores_are_each_prompts_share_against_its_rivals():
+    logits = torch.tensor([2.0, 1.0, 0.0, -1.0])
+    scores = clip_es_scores(logits, [2, 3])
+    # prompts 0 and 1 compete with 2 and 3; prompt 2 with 3 only; prompt 3 with 2 only
+    expected = torch.stack([logits[[0, 2, 3]].softmax(0)[0], logits[[1, 2, 3]].softmax(0)[0],
+                            logits[[2, 3]].softmax(0)[0], logits[[3, 2]].softmax(0)[0]])
+    torch.testing.assert_close(scores, expected, atol=1e-6, rtol=0)
+    torch.testing.assert_close(clip_es_scores(logits, range(4)), logits.softmax(0), atol=1e-6, rtol=0)
+
+
+def test_clip_es_target_differs_from_logit_and_contrastive(tiny_clip):
+    torch.manual_seed(3)
+    pixels = torch.randn(1, 3, 32, 32)
+    explain = partial(Explainer(tiny_clip).prompt_maps, pixels, PROMPTS, "relevancy", indices=[0, 1])
+    es = explain(target="clip_es", competitors=[2, 3])
+    assert (es - explain()).abs().max() > 1e-2 and (es - explain(target="contrastive")).abs().max() > 1e-2
 
 
 @pytest.mark.parametrize("method", ["gradcam", "relevancy"])
@@ -132,9 +169,10 @@ def test_block_choice(tiny_clip):
         Explainer(tiny_clip, block=5)
 
 
-def test_relevancy_leaves_the_attention_implementation_alone(tiny_clip):
+@pytest.mark.parametrize("method", ["relevancy", "legrad"])
+def test_attention_methods_leave_the_attention_implementation_alone(tiny_clip, method):
     before = tiny_clip.model.vision_model.config._attn_implementation
-    Explainer(tiny_clip).prompt_maps(torch.randn(1, 3, 32, 32), PROMPTS, "relevancy")
+    Explainer(tiny_clip).prompt_maps(torch.randn(1, 3, 32, 32), PROMPTS, method)
     assert tiny_clip.model.vision_model.config._attn_implementation == before
 
 

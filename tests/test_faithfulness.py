@@ -6,8 +6,8 @@ from PIL import Image
 from conftest import PROMPTS
 from models.explain import Explainer
 from models.faithfulness import (area_under, baseline_image, deletion_auc, energy_in_mask, gaussian_blur,
-                                 insertion_auc, mask_to_grid, perturbation_curve, pointing_game, prompt_probability,
-                                 random_baseline, random_maps)
+                                 insertion_auc, mask_to_grid, perturbation_curve, pixel_auroc, pointing_game,
+                                 prompt_probability, random_baseline, random_maps, strict_pointing)
 from test_explain import RED_PATCH, TEXTS, colour_image, detector_clip
 
 GRID, PATCH = 4, 8
@@ -57,6 +57,26 @@ def test_pointing_game_hits_misses_and_tolerance():
     assert pointing_game(one_hot((1, 3)), mask, tolerance=1)  # next to the mask
     assert not pointing_game(one_hot((3, 0)), mask, tolerance=1)
     assert not pointing_game(torch.zeros(GRID, GRID), mask)  # a blank map points nowhere
+
+
+def test_strict_pointing_needs_the_peak_pixel_near_the_mask():
+    saliency = one_hot((1, 1))  # upsampled, its peak pixels are (11, 11) and (12, 12), the patch's centre
+    corner = np.zeros((GRID * PATCH,) * 2, dtype=bool)
+    corner[8, 8] = True  # the patch's far corner: 4.2 px from the peak, half a patch is 4
+    assert pointing_game(saliency, corner) and not strict_pointing(saliency, corner)
+    near = np.zeros_like(corner)
+    near[9, 9] = True  # 2.8 px away: inside the dilated mask
+    assert strict_pointing(saliency, near)
+    assert strict_pointing(saliency, pixel_mask([(1, 1)])) and not strict_pointing(saliency, pixel_mask([HOT]))
+    assert not strict_pointing(torch.ones(GRID, GRID), pixel_mask([(1, 1)]))  # flat: points nowhere
+
+
+def test_pixel_auroc_ranks_mask_pixels_above_the_rest():
+    mask = pixel_mask([HOT])
+    assert pixel_auroc(one_hot(HOT), mask) > 0.95
+    assert pixel_auroc(1 - one_hot(HOT), mask) < 0.05
+    assert pixel_auroc(torch.ones(GRID, GRID), mask) == 0.5  # all ties
+    assert np.isnan(pixel_auroc(one_hot(HOT), np.zeros_like(mask)))
 
 
 def test_energy_in_mask():

@@ -8,9 +8,10 @@ import pytest
 import torch
 
 from models.clip import CLIPW
+from models.explain import METHODS
 from models.lm import CACHE_DIR
 from demo import evaluate as eval_demo
-from demo.build import build_demo, is_complete
+from demo.build import build_demo, build_reference, is_complete, load_recipe
 from demo.pretrain_clip import (PretrainOptions, build_clip, kind_targets, load_defect_masks, patch_targets, pretrain_clip,
                                  prompt_targets, text_tokens, train_loss)
 from utils.knowledge import KnowledgeBase, load_knowledge
@@ -172,6 +173,24 @@ def test_quick_build_makes_a_bundle_that_captions(tmp_path):
     stamp = (out / "demo.json").stat().st_mtime_ns
     assert build_demo(tmp_path / "demo", quick=True, progress=False) == out  # complete: left alone
     assert (out / "demo.json").stat().st_mtime_ns == stamp
+
+
+def test_reference_clip_is_the_recipes_clip_without_localization_losses_and_evaluates(tmp_path, world):
+    out = build_reference(tmp_path / "reference", quick=True, progress=False)
+    options = json.loads((out / "pretrain.json").read_text())["options"]
+    assert {options[k] for k in ("patch_weight", "value_weight", "attention_weight", "gradcam_weight")} == {0}
+    quick = load_recipe("quick").clip
+    assert all(options[k] == v for k, v in quick.items())
+    clip = CLIPW.from_pretrained(out, device="cpu")
+    truth, kb = load_truth(world), load_knowledge("fruit")
+    items = [i for i, defects in enumerate(truth["defects"]) if defects][:2]
+    pixels = clip.pixel_values([world / path for path in truth["path"]])
+    frame = eval_demo.explanation_scores(clip, world, truth, kb, pixels, items, steps=4)
+    assert set(frame.index) >= {m.label for m in METHODS.values()} | {"random maps", "LeGrad, CLIP-ES target"}
+    scores = frame[list(eval_demo.METRICS)]
+    assert ((scores >= 0) & (scores <= 1) | scores.isna()).all().all()
+    printed = eval_demo.explanation_table(frame)
+    assert printed.splitlines()[-1].startswith("random maps") and "strict pointing" in printed
 
 
 def test_auroc_and_caption_scoring():

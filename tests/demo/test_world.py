@@ -3,8 +3,8 @@ import pytest
 from PIL import Image
 
 from demo import world as synthetic
-from demo.world import (DEFECT_KINDS, FRUITS, HEALTHY, item_rng, load_masks, load_truth,
-                             render_sample, write_world)
+from demo.world import (DEFECT_KINDS, FRUITS, HARD, HEALTHY, WorldOptions, item_rng, load_masks, load_truth,
+                        render_sample, write_world)
 
 
 @pytest.fixture(scope="module")
@@ -123,3 +123,37 @@ def test_refuses_foreign_folder(tmp_path):
     with pytest.raises(FileExistsError):
         write_world(tmp_path, 2, progress=False)
     assert (tmp_path / "precious.txt").exists()
+
+
+def test_faint_defects_keep_their_masks_and_change_less():
+    full = render_sample(item_rng(4, 1), 64, 64, defect_probs=[0, 1])
+    faint = render_sample(item_rng(4, 1), 64, 64, defect_probs=[0, 1], options=WorldOptions(faintest=0.3))
+    healthy = render_sample(item_rng(4, 1), 64, 64, defect_probs=[1])
+    (kind,) = full.defects
+    assert faint.defects == [kind] and np.array_equal(faint.masks[kind], full.masks[kind])
+    change = [np.abs(np.asarray(s.image, float) - np.asarray(healthy.image, float))[full.masks[kind]].mean()
+              for s in (full, faint)]
+    assert change[1] < 0.95 * change[0]
+
+
+def test_smaller_defects_cover_less():
+    def area(options):
+        return sum(m.sum() for i in range(8)
+                   for m in render_sample(item_rng(6, i), 64, 64, [0, 1], options).masks.values())
+    assert area(WorldOptions(defect_scale=0.5)) < 0.6 * area(WorldOptions())
+
+
+@pytest.mark.parametrize("index", range(8))
+def test_hard_world_masks_are_visible_defects(index):
+    s = render_sample(item_rng(9, index), 64, 64, defect_probs=[0.2, 0.4, 0.4], options=HARD)
+    assert s.fruit in FRUITS and set(s.masks) == set(s.defects) <= set(DEFECT_KINDS)
+    for m in s.masks.values():
+        assert m.dtype == bool and m.shape == (64, 64) and m.sum() >= 4
+
+
+def test_hard_world_differs_and_is_recorded(tmp_path):
+    plain = [np.asarray(render_sample(item_rng(9, i), 48, 48).image) for i in range(4)]
+    hard = [np.asarray(render_sample(item_rng(9, i), 48, 48, options=HARD).image) for i in range(4)]
+    assert not any(np.array_equal(a, b) for a, b in zip(plain, hard))
+    out = write_world(tmp_path / "hard", 3, seed=1, width=48, height=48, progress=False, options=HARD)
+    assert (out / "world.json").read_text().count("defect_scale") == 1
