@@ -138,7 +138,8 @@ def random_scores(grid, mask, score_fn, image, seed, steps=16, count=20, curves=
     passes): the score of no explanation."""
     from models.faithfulness import random_maps
 
-    rows = [map_scores(m, mask, score_fn, image, steps, i < curves) for i, m in enumerate(random_maps(count, grid, seed))]
+    maps = random_maps(count, grid, seed)
+    rows = [map_scores(saliency, mask, score_fn, image, steps, i < curves) for i, saliency in enumerate(maps)]
     return {key: float(np.nanmean([row[key] for row in rows if key in row])) for key in METRICS}
 
 

@@ -96,7 +96,8 @@ class GenerationOptions:
 class InspectOptions:
     """What one inspection shows: how many descriptions, which explanation method, how maps are drawn."""
     k: int = option(5, "knowledge-base descriptions to show and explain")
-    method: str = option("gradcam", "explanation method (models/explain.py METHODS; an unknown name lists them)")
+    # the method that wins on a CLIP nobody trained toward its maps (README "Explanations": Grad-CAM is at chance there)
+    method: str = option("relevancy", "explanation method (models/explain.py METHODS; an unknown name lists them)")
     threshold: float = option(0.5, "colour a map only where it is above this share of its peak")
     alpha: float = option(0.5, "overlay opacity")
     alpha_by_prob: bool = option(False, "scale each description's opacity by its probability")

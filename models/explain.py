@@ -1,10 +1,11 @@
-"""Where CLIP looks: Grad-CAM, gradient-weighted attention relevancy and caption maps over its ViT.
+"""Where CLIP looks: Grad-CAM, gradient-weighted attention relevancy, LeGrad and caption maps over its ViT,
+for a prompt's logit, its log-softmax against the other prompts, or its CLIP-ES share against given rivals.
 
 One base (`Explainer.explain`): a forward pass that records what a method needs, the gradients of k target
 scores taken in ONE batched backward (vmap over the k rows of an identity), and the method's recipe that
 turns (recorded tensors, their gradients) into k maps on the patch grid. A method is one small class over
 `Method` (as in pytorch-grad-cam); METHODS, the app's choices, predict's flag and the demo bench derive
-from the registry.
+from the registry. Which one wins on a CLIP nobody trained toward its maps: `python -m demo.evaluate`.
 """
 import math
 import threading
