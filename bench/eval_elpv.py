@@ -28,7 +28,7 @@ def main(argv=None):
     parser.add_argument("--clip", required=True, help="the fine-tuned CLIP directory with finetune.json (required)")
     parser.add_argument("--cells", required=True, help="train/importers.py elpv output (required)")
     parser.add_argument("--labels", help="train/label.py output for CELLS/test (needed with --bundle)")
-    parser.add_argument("--explain", type=int, default=24, help="defective cells to explain (default: %(default)s)")
+    parser.add_argument("--explain", type=int, default=24, help="defective cells to explain, 0: none (default: %(default)s)")
     parser.add_argument("--steps", type=int, default=8, help="points on each deletion/insertion curve (default: "
                                                             "%(default)s)")
     parser.add_argument("--out", help="also write the figures to this JSON file")
@@ -52,7 +52,7 @@ def held_out(cells):
 
 
 def evaluate(args):
-    """The CLIP's figures; with --bundle also the captions' and the explanations' (on the bundle's CLIP)."""
+    """The CLIP's figures and its explanations'; with --bundle, the bundle's CLIP and its captions too."""
     from models.clip import CLIPW
     from models.vlm import ClipCaptioner
     from utils.knowledge import load_knowledge
@@ -71,6 +71,7 @@ def evaluate(args):
         figures["clip_single_view"], clip.views = clip_figures(single, rows, knowledge, tuned), views
     if captioner:
         figures["captions"] = caption_figures(captioner, args.labels, rows, knowledge)
+    if args.explain:
         defective = [i for i, row in enumerate(rows) if row[3] == "defective"][:args.explain]
         figures["explanations"] = explanation_figures(clip, pixels, probabilities, defective, knowledge, args.steps)
     return figures
@@ -173,20 +174,23 @@ def report(figures):
         lines.append(f"  the same CLIP on one view (no symmetry mean): accuracy {single['accuracy']:.3f} (at 0.5: "
                      f"{single['accuracy_at_half']:.3f}), AUROC {single['auroc']:.3f}, 4-level {single['level_accuracy']:.3f}")
     lines += [f"  {name:<50} {value:.4f}" for name, value in PAPER.items()]
-    if "captions" in figures:
-        lines += caption_lines(figures)
+    lines += caption_lines(figures["captions"]) if "captions" in figures else []
+    lines += explanation_lines(figures.get("explanations", {}))
     lines.append(f"({figures['seconds']:.0f} s, {figures['cpu_seconds']:.0f} CPU-s)")
     return "\n".join(lines)
 
 
-def caption_lines(figures):
-    captions = figures["captions"]
-    lines = [f"  auto-label captions agree with the experts   {captions['auto_label_agreement']:.3f} "
-             f"(unclear {captions['auto_label_unclear']:.3f})",
-             f"  generated captions agree with the experts    {captions['generated_agreement']:.3f} "
-             f"(unclear {captions['generated_unclear']:.3f}; equal to the auto-label "
-             f"{captions['generated_equals_auto_label']:.3f})"]
-    for name, values in figures["explanations"].items():
+def caption_lines(captions):
+    return [f"  auto-label captions agree with the experts   {captions['auto_label_agreement']:.3f} "
+            f"(unclear {captions['auto_label_unclear']:.3f})",
+            f"  generated captions agree with the experts    {captions['generated_agreement']:.3f} "
+            f"(unclear {captions['generated_unclear']:.3f}; equal to the auto-label "
+            f"{captions['generated_equals_auto_label']:.3f})"]
+
+
+def explanation_lines(explanations):
+    lines = []
+    for name, values in explanations.items():
         lines.append(f"  {name} on {values['cells']} defective cells: deletion AUC {values['deletion']:.3f} "
                      f"(random {values['deletion_random']:.3f}, lower is better), insertion AUC "
                      f"{values['insertion']:.3f} (random {values['insertion_random']:.3f}, higher is better)")
