@@ -86,7 +86,10 @@ def main(argv=None):
             browser.close()
     finally:
         server.terminate()
-        server.wait(timeout=60)
+        try:
+            server.wait(timeout=60)
+        except subprocess.TimeoutExpired:  # still busy with a request: SIGTERM waits for it
+            server.kill()
 
 
 if __name__ == "__main__":
