@@ -24,15 +24,17 @@ PAPER = {"SVM, hand-crafted features (Deitsch et al. 2019)": 0.8244, "CNN, VGG-1
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--bundle", required=True, help="the ELPV captioner bundle (required)")
+    parser.add_argument("--bundle", help="the ELPV captioner bundle (without it: the CLIP's figures only)")
     parser.add_argument("--clip", required=True, help="the fine-tuned CLIP directory with finetune.json (required)")
     parser.add_argument("--cells", required=True, help="train/importers.py elpv output (required)")
-    parser.add_argument("--labels", required=True, help="train/label.py output for CELLS/test (required)")
-    parser.add_argument("--explain", type=int, default=24, help="defective cells to explain (default: %(default)s)")
+    parser.add_argument("--labels", help="train/label.py output for CELLS/test (needed with --bundle)")
+    parser.add_argument("--explain", type=int, default=24, help="defective cells to explain, 0: none (default: %(default)s)")
     parser.add_argument("--steps", type=int, default=8, help="points on each deletion/insertion curve (default: "
                                                             "%(default)s)")
     parser.add_argument("--out", help="also write the figures to this JSON file")
     args = parser.parse_args(argv)
+    if args.bundle and not args.labels:
+        parser.error("--bundle needs --labels")
     started, cpu = time.perf_counter(), time.process_time()
     figures = evaluate(args)
     figures["seconds"], figures["cpu_seconds"] = time.perf_counter() - started, time.process_time() - cpu
@@ -50,24 +52,28 @@ def held_out(cells):
 
 
 def evaluate(args):
+    """The CLIP's figures and its explanations'; with --bundle, the bundle's CLIP and its captions too."""
+    from models.clip import CLIPW
     from models.vlm import ClipCaptioner
     from utils.knowledge import load_knowledge
 
-    captioner = ClipCaptioner.from_pretrained(args.bundle, device="cpu")
-    knowledge = load_knowledge(captioner.config.knowledge)
-    rows = held_out(args.cells)
     tuned = json.loads((Path(args.clip) / "finetune.json").read_text(encoding="utf-8"))
-    pixels = captioner.clip.pixel_values([path for path, *_ in rows])
-    probabilities = captioner.clip.probabilities(pixels, knowledge.sentences()).cpu()
+    captioner = ClipCaptioner.from_pretrained(args.bundle, device="cpu") if args.bundle else None
+    clip = captioner.clip if captioner else CLIPW.from_pretrained(args.clip, device="cpu")
+    knowledge = load_knowledge(captioner.config.knowledge if captioner else tuned["settings"]["options"]["knowledge"])
+    rows = held_out(args.cells)
+    pixels = clip.pixel_values([path for path, *_ in rows])
+    probabilities = clip.probabilities(pixels, knowledge.sentences()).cpu()
     figures = {"images": len(rows), "clip": clip_figures(probabilities, rows, knowledge, tuned)}
-    if captioner.clip.views != 1:  # the same CLIP on the image as it is, for comparison
-        views, captioner.clip.views = captioner.clip.views, 1
-        single = captioner.clip.probabilities(pixels, knowledge.sentences()).cpu()
-        figures["clip_single_view"], captioner.clip.views = clip_figures(single, rows, knowledge, tuned), views
-    figures["captions"] = caption_figures(captioner, args.labels, rows, knowledge)
-    defective = [i for i, row in enumerate(rows) if row[3] == "defective"][:args.explain]
-    figures["explanations"] = explanation_figures(captioner.clip, pixels, probabilities, defective, knowledge,
-                                                  args.steps)
+    if clip.views != 1:  # the same CLIP on the image as it is, for comparison
+        views, clip.views = clip.views, 1
+        single = clip.probabilities(pixels, knowledge.sentences()).cpu()
+        figures["clip_single_view"], clip.views = clip_figures(single, rows, knowledge, tuned), views
+    if captioner:
+        figures["captions"] = caption_figures(captioner, args.labels, rows, knowledge)
+    if args.explain:
+        defective = [i for i, row in enumerate(rows) if row[3] == "defective"][:args.explain]
+        figures["explanations"] = explanation_figures(clip, pixels, probabilities, defective, knowledge, args.steps)
     return figures
 
 
@@ -154,7 +160,7 @@ def explanation_figures(clip, pixels, probabilities, items, knowledge, steps):
 
 
 def report(figures):
-    clip, captions = figures["clip"], figures["captions"]
+    clip = figures["clip"]
     lines = [f"ELPV held-out test: {figures['images']} cells (fine-tuned CLIP best epoch {clip['best_epoch']}, "
              f"threshold {clip['threshold']:.3f} chosen on validation; fine-tuning {clip['finetune_cpu_seconds']:.0f} "
              f"CPU-s, {clip['finetune_seconds']:.0f} s wall)",
@@ -168,17 +174,27 @@ def report(figures):
         lines.append(f"  the same CLIP on one view (no symmetry mean): accuracy {single['accuracy']:.3f} (at 0.5: "
                      f"{single['accuracy_at_half']:.3f}), AUROC {single['auroc']:.3f}, 4-level {single['level_accuracy']:.3f}")
     lines += [f"  {name:<50} {value:.4f}" for name, value in PAPER.items()]
-    lines += [f"  auto-label captions agree with the experts   {captions['auto_label_agreement']:.3f} "
-              f"(unclear {captions['auto_label_unclear']:.3f})",
-              f"  generated captions agree with the experts    {captions['generated_agreement']:.3f} "
-              f"(unclear {captions['generated_unclear']:.3f}; equal to the auto-label "
-              f"{captions['generated_equals_auto_label']:.3f})"]
-    for name, values in figures["explanations"].items():
+    lines += caption_lines(figures["captions"]) if "captions" in figures else []
+    lines += explanation_lines(figures.get("explanations", {}))
+    lines.append(f"({figures['seconds']:.0f} s, {figures['cpu_seconds']:.0f} CPU-s)")
+    return "\n".join(lines)
+
+
+def caption_lines(captions):
+    return [f"  auto-label captions agree with the experts   {captions['auto_label_agreement']:.3f} "
+            f"(unclear {captions['auto_label_unclear']:.3f})",
+            f"  generated captions agree with the experts    {captions['generated_agreement']:.3f} "
+            f"(unclear {captions['generated_unclear']:.3f}; equal to the auto-label "
+            f"{captions['generated_equals_auto_label']:.3f})"]
+
+
+def explanation_lines(explanations):
+    lines = []
+    for name, values in explanations.items():
         lines.append(f"  {name} on {values['cells']} defective cells: deletion AUC {values['deletion']:.3f} "
                      f"(random {values['deletion_random']:.3f}, lower is better), insertion AUC "
                      f"{values['insertion']:.3f} (random {values['insertion_random']:.3f}, higher is better)")
-    lines.append(f"({figures['seconds']:.0f} s, {figures['cpu_seconds']:.0f} CPU-s)")
-    return "\n".join(lines)
+    return lines
 
 
 if __name__ == "__main__":

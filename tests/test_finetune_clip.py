@@ -205,3 +205,29 @@ def test_symmetric_views_are_saved_and_make_the_embedding_turn_invariant(clip_di
     (tmp_path / "eight" / "inference.json").write_text('{"views": 3}')
     with pytest.raises(ValueError, match="inference.json"):
         CLIPW.from_pretrained(tmp_path / "eight", device="cpu")
+
+
+def test_phase_two_unfreezes_exactly_its_blocks(clip_dir, cells, knowledge_file, tmp_path, monkeypatch):
+    trainable, save_epoch = [], finetune.save_epoch
+
+    def record_then_save(run, opts):
+        trainable.append({name for name, p in run.clip.model.named_parameters() if p.requires_grad})
+        save_epoch(run, opts)
+
+    monkeypatch.setattr(finetune, "save_epoch", record_then_save)
+    finetune.finetune_clip(cells, tmp_path / "tuned", clip=str(clip_dir), knowledge=knowledge_file,
+                           **{**FAST, "phase1_blocks": 0, "phase2_blocks": 1})
+    heads = ("logit_scale", "visual_projection", "text_projection", "vision_model.post_layernorm",
+             "text_model.final_layer_norm")
+    last_blocks = ("vision_model.encoder.layers.1.", "text_model.encoder.layers.1.")
+    assert trainable[0] == {name for name in trainable[1] if name.startswith(heads)}
+    assert trainable[1] - trainable[0] == {name for name, _ in CLIPW.from_pretrained(clip_dir, device="cpu")
+                                           .model.named_parameters() if name.startswith(last_blocks)}
+
+
+def test_a_class_with_no_readable_image_is_named(clip_dir, cells, knowledge_file, tmp_path):
+    for path in (cells / "crack").glob("*.png"):
+        path.write_bytes(b"not a png")
+    with pytest.warns(UserWarning, match="could not be read"), pytest.raises(ValueError, match="class folder.*crack"):
+        finetune.finetune_clip(cells, tmp_path / "tuned", clip=str(clip_dir), knowledge=knowledge_file, **FAST)
+    assert not (tmp_path / "tuned").exists()

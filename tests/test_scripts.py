@@ -10,7 +10,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 ENTRY_POINTS = [["app.py"], ["train/label.py"], ["train/importers.py"], ["train/train.py"], ["train/evaluate.py"],
                 ["train/predict.py"], ["train/calibrate.py"], ["train/corrections.py"], ["train/finetune_clip.py"],
-                ["bench/eval_elpv.py"]]
+                ["bench/eval_elpv.py"], ["demo/screenshots.py"]]
 HEAVY = ("torch", "transformers", "gradio", "pandas")
 # Runs the script's main() with --help, then reports which heavy libraries had been imported by then.
 PROBE = """
