@@ -23,7 +23,9 @@ class InputRules:
     """What counts as a usable photo (stored with the bundle's calibration)."""
     min_side: int = 32  # pixels on the shorter side
     min_contrast: float = 4.0  # standard deviation of the grey levels (0-255) of a photo with anything in it
-    colour: bool = True  # the bundle was calibrated on colour photos: a grayscale one cannot be judged
+    # True: calibrated on colour photos, so a grayscale one cannot be judged; False: a grayscale domain (solar
+    # cells); None: not calibrated, nothing known either way (no check)
+    colour: bool | None = None
     grey_tolerance: float = 4.0  # mean spread between the colour channels (0-255) below which a photo is grey
     max_distance: float | None = None  # Mahalanobis distance of the photo's features; None = no check
     feature_layer: int | None = None  # the vision block whose patch features are compared (None: the middle)

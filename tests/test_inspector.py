@@ -25,7 +25,8 @@ def photo(width=96, height=64, seed=0):
 
 def test_zero_shot_caption_comes_from_the_knowledge_base(fruit_clip):
     inspection = Inspector(fruit_clip, "fruit").inspect(photo(), k=3)
-    assert inspection.caption.endswith(".") and "fruit" in inspection.caption.lower()
+    kind = inspection.kind[0].noun  # CLIP's likeliest kind names the product
+    assert inspection.caption.endswith(".") and kind in inspection.caption.lower()
     assert [round(p, 6) for _, p in inspection.top_k] == sorted((round(p, 6) for _, p in inspection.top_k), reverse=True)
     assert inspection.maps.shape == (3, 4, 4) and inspection.caption_map is None
     assert len(inspection.overlays) == 3 and inspection.caption_overlay is None

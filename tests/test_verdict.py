@@ -63,7 +63,8 @@ def test_unusable_inputs_are_named():
     assert "only 1x1 pixels" in " ".join(image_problems(Image.new("RGB", (1, 1), "red")))
     assert "one flat colour" in " ".join(image_problems(Image.new("RGB", (300, 200), (200, 200, 200))))
     grey = photo().convert("L").convert("RGB")
-    assert "no colour" in " ".join(image_problems(grey))
+    assert "no colour" in " ".join(image_problems(grey, InputRules(colour=True)))  # calibrated on colour photos
+    assert image_problems(grey) == []  # not calibrated: nothing known about the domain's colour
     assert image_problems(grey, InputRules(colour=False)) == []  # a grayscale domain (solar cells)
     assert image_problems(photo()) == []
 
