@@ -100,7 +100,7 @@ def build_app(inspector, *, examples=None, concurrency=1, max_image_mb=DEFAULT_M
         # scroll_to_output: on a phone the results sit below the photo; on a desktop the page moves a little
         one.run.click(explain, [one.image], inputs_kwargs=settings, api_name="explain", scroll_to_output=True,
                       outputs=[one.caption, one.top, one.combined, one.overlays, one.caption_overlay, one.verdict,
-                               one.details, one.note], **shared)
+                               one.details, one.phrases, one.phrase_pick, one.phrase_maps, one.note], **shared)
         batch_settings = {name: box for name, box in settings.items() if name != "caption_map"}
         many.run.click(batch, [many.files, many.only_review], inputs_kwargs=batch_settings, api_name="batch",
                        **shared, outputs=[many.table, many.csv, many.gallery, many.frame])
@@ -134,6 +134,9 @@ def _settings(inspector):
         "alpha_by_prob": gr.Checkbox(inspect.alpha_by_prob, label="Scale opacity by probability"),
         "caption_map": gr.Checkbox(inspector.caption_maps, label="Explain the caption (caption map)",
                                    visible=has_lm, interactive=inspector.caption_maps),
+        "view": gr.Radio([("Whole photo (tiles)", "tiles"), ("Center square only", "center"),
+                          ("Letterboxed", "letterbox")], value=inspect.view, label="View",
+                         info="how a photo that is not square is looked at; tiles: nothing is ignored"),
     }
     with gr.Accordion("Caption generation", open=False, visible=has_lm):
         settings.update(_generation_settings(generate))
@@ -216,16 +219,33 @@ def _inspect_tab(has_lm, examples, max_image_mb):
                                     scale=3, height=400)
                 top = gr.Label(label="Top matches", show_heading=False, elem_id="top-k", scale=2)
             with gr.Column(visible=has_lm, variant="panel"):
-                gr.Markdown("**What drove the caption**: the gradient of the caption's likelihood, back through the "
-                            "language model into CLIP")
+                gr.Markdown("**What drove the caption**: the gradient of the caption's likelihood (or of one "
+                            "phrase's words), back through the language model into CLIP")
+                phrases = gr.HighlightedText(label="The caption's phrases", elem_id="caption-phrases",
+                                             combine_adjacent=True, show_legend=False)
+                phrase_pick = gr.Radio([("whole caption", 0)], value=0, label="Show the map of",
+                                       elem_id="phrase-pick")
                 # no label badge: it would hide the overlay's own title strip
                 caption_overlay = gr.Image(show_label=False, interactive=False, elem_id="caption-map")
+                with gr.Accordion("Every caption map (the whole caption, then each phrase)", open=False):
+                    phrase_maps = gr.Gallery(columns=2, height="auto", object_fit="contain", elem_id="phrase-maps",
+                                             show_label=False)
+            phrase_pick.input(_pick_phrase, [phrase_maps, phrase_pick], caption_overlay, api_visibility="private")
     overlays = gr.Gallery(label="Each description (photo | heat map)", columns=3, height="auto", object_fit="contain",
                           fit_columns=False, elem_id="overlays", elem_classes="wide-gallery")
     with gr.Accordion("Details (JSON: verdict, top-k, settings; what a review stores)", open=False):
         details = gr.JSON(label="Details", elem_id="details", show_label=False)
     return SimpleNamespace(image=image, run=run, caption=caption, note=note, verdict=verdict, combined=combined,
-                           top=top, caption_overlay=caption_overlay, overlays=overlays, details=details)
+                           top=top, caption_overlay=caption_overlay, overlays=overlays, details=details,
+                           phrases=phrases, phrase_pick=phrase_pick, phrase_maps=phrase_maps)
+
+
+def _pick_phrase(maps, index):
+    """The chosen caption map (0: the whole caption) out of the gallery of every caption map."""
+    if not maps or index is None or index >= len(maps):
+        return None
+    item = maps[int(index)]
+    return item[0] if isinstance(item, (tuple, list)) else item
 
 
 def _batch_tab():
@@ -248,7 +268,8 @@ def _batch_tab():
 
 def _explain(inspector, image, options, generation):
     """One photo -> (caption, {"description (62.3%)": probability}, combined overlay, [(overlay, title)],
-    caption overlay, verdict badge, details for a review, note: the product kind and how the caption was written)."""
+    caption overlay, verdict badge, details for a review, the caption's words by phrase, the phrase picker, every
+    caption map, note: the product kind, the view and how the caption was written)."""
     import gradio as gr
 
     from utils.plot import legend_entries, title_for
@@ -264,7 +285,22 @@ def _explain(inspector, image, options, generation):
     top = {label: float(prob) for label, (_, prob) in zip(labels, found.top_k)}
     gallery = [(picture, title_for(prompt.text, prob)) for picture, (prompt, prob) in zip(found.overlays, found.top_k)]
     return (found.caption, top, found.combined, gallery, found.caption_overlay, _verdict_html(found.verdict),
-            inspector.record(found, options), _caption_note(found))
+            inspector.record(found, options), *_phrase_outputs(found), _caption_note(found))
+
+
+def _phrase_outputs(found):
+    """(the caption's words labelled by their phrase, the phrase picker, every caption map with its title)."""
+    import gradio as gr
+
+    words, labels = found.caption.split(), {}
+    for phrase in found.phrases:
+        for index in phrase.words:
+            labels.setdefault(index, f"{phrase.role}: {phrase.prompt or phrase.text}")
+    highlighted = [(word + " ", labels.get(index)) for index, word in enumerate(words)]
+    choices = [("whole caption", 0)] + [(f"{p.role}: {p.text}", i + 1) for i, p in enumerate(found.phrases)]
+    maps = [] if found.caption_overlay is None else [(found.caption_overlay, "whole caption")] + [
+        (picture, f"{p.role}: {p.text}") for p, picture in zip(found.phrases, found.phrase_overlays)]
+    return highlighted, gr.Radio(choices=choices, value=0), maps
 
 
 def _verdict_badge():
@@ -338,6 +374,7 @@ def _caption_note(found):
     from utils.plot import percent_text
 
     parts = [f"Kind: **{found.kind[0].noun}** ({percent_text(found.kind[1])})"] if found.kind else []
+    parts.append(_view_note(found))
     generation = found.generation
     if generation is None:
         parts.append("zero-shot: the knowledge base's summary of the top matches")
@@ -351,6 +388,13 @@ def _caption_note(found):
     if generation is not None and generation.constrained:
         parts.append("knowledge-base phrases only")
     return " · ".join(parts)
+
+
+def _view_note(found):
+    """Which part of the photo CLIP looked at."""
+    if found.view == "tiles":
+        return "whole photo" if found.tiles == 1 else f"whole photo: {found.tiles} overlapping tiles"
+    return "letterboxed whole photo" if found.view == "letterbox" else "center square only (the rest ignored)"
 
 
 def _model_line(inspector):

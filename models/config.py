@@ -101,7 +101,12 @@ class InspectOptions:
     threshold: float = option(0.5, "colour a map only where it is above this share of its peak")
     alpha: float = option(0.5, "overlay opacity")
     alpha_by_prob: bool = option(False, "scale each description's opacity by its probability")
-    caption_map: bool = option(True, "also explain the generated caption (needs an LM with gradients)")
+    caption_map: bool = option(True, "also explain the generated caption and each of its content phrases (needs "
+                                     "an LM with gradients)")
+    view: str = option("tiles", "how a photo that is not square is looked at: tiles (overlapping squares, nothing "
+                                "ignored), center (CLIP's center square only) or letterbox (padded to a square)",
+                       choices=("tiles", "center", "letterbox"))
+    tile_side: int = option(0, "tiles: side of a tile in pixels; 0 = the photo's short side")
 
 
 @dataclass

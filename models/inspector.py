@@ -9,8 +9,10 @@ from PIL import Image
 
 from models.clip import CLIPW
 from models.config import GenerationOptions, InspectOptions
-from models.explain import Explainer, explain_image, get_method
+from models.explain import get_method
+from models.phrases import CaptionTarget
 from models.verdict import Calibration, Verdict, judge, load_calibration
+from models.views import explain_photo
 from models.vlm import ClipCaptioner
 from utils.images import DEFAULT_MAX_PIXELS, load_image
 from utils.knowledge import Kind, Prompt, load_knowledge
@@ -22,8 +24,8 @@ from utils.summarizer import summarize
 class Inspection:
     caption: str  # from the captioner, or the knowledge-base summarizer in zero-shot mode
     top_k: list[tuple[Prompt, float]]  # best first; probabilities over the whole knowledge base
-    maps: np.ndarray  # [k, g, g] in [0, 1] on CLIP's crop grid
-    caption_map: np.ndarray | None  # [g, g]; None in zero-shot mode or when not asked for
+    maps: np.ndarray  # [k, h, w] in [0, 1] over `region` of the photo (CLIP's crop grid in the center view)
+    caption_map: np.ndarray | None  # [h, w]; None in zero-shot mode or when not asked for
     combined: Image.Image
     overlays: list[Image.Image]  # one per top-k prompt, titled "text - 62.3%"
     caption_overlay: Image.Image | None
@@ -31,6 +33,12 @@ class Inspection:
     verdict: Verdict = None  # pass / fail / review with the reasons
     kind: tuple[Kind, float] | None = None  # CLIP's likeliest product kind and its probability (None: no kinds)
     generation: GenerationOptions | None = None  # as the caption was written: a drawn seed is filled in
+    view: str = "center"  # how the photo was looked at: center, letterbox or tiles
+    tiles: int = 1  # tiles inspected (tiles view)
+    region: tuple = None  # (left, top, right, bottom) shares of the photo the maps cover; None: CLIP's center crop
+    phrases: list = dataclasses.field(default_factory=list)  # the caption's content phrases (models/phrases.Phrase)
+    phrase_maps: np.ndarray | None = None  # [n phrases, h, w], same region
+    phrase_overlays: list = dataclasses.field(default_factory=list)  # one per phrase, titled "phrase: green mold"
 
 
 class Inspector:
@@ -75,25 +83,31 @@ class Inspector:
         options = replace(options or InspectOptions(), **overrides)
         get_method(options.method)  # an unknown method fails before any work
         picture = load_image(image, max_pixels=self.max_pixels)
-        found = explain_image(self.clip, picture, self.sentences, k=options.k, method=options.method)
+        generation = None if self.captioner is None else (generation or GenerationOptions()).with_seed()
+        target = None if self.captioner is None else CaptionTarget(
+            self.captioner, self.knowledge, generation, explain=options.caption_map and self.caption_maps)
+        seen = explain_photo(self.clip, picture, self.sentences, [p.healthy for p in self.knowledge.prompts],
+                             options.k, options.method, options.view, options.tile_side, extra=target)
+        found = seen.explanation
         top_k = [(self.knowledge.prompts[self.sentences.index(s)], p) for s, p in zip(found.prompts, found.probs)]
         kind = self.kind_of(found.embedding)
-        generation = None if self.captioner is None else (generation or GenerationOptions()).with_seed()
-        caption, caption_map = self._caption(picture, found.embedding, top_k, kind, options.caption_map, generation)
-        display = fit_for_display(picture)
+        caption = summarize(top_k, self.knowledge, kind=kind and kind[0]) if target is None else target.caption
+        region = None if seen.view == "center" else seen.region
+        draw = _Drawing(fit_for_display(picture), options, region)
         labels = [prompt.text for prompt, _ in top_k]
-        overlays = [
-            individual_overlay(display, heatmap, title_for(label, prob), alpha=options.alpha,
-                               threshold=options.threshold)
-            for heatmap, label, (_, prob) in zip(found.maps, labels, top_k)
-        ]
-        combined = combined_overlay(display, list(found.maps), labels, found.probs, threshold=options.threshold,
-                                    alpha=options.alpha, alpha_by_prob=options.alpha_by_prob)
-        caption_overlay = None if caption_map is None else individual_overlay(
-            display, caption_map, f"caption: {caption}", alpha=options.alpha, threshold=options.threshold)
-        probabilities, verdict = self.assess(picture, found.embedding, caption)
-        return Inspection(caption, top_k, found.maps, caption_map, combined, overlays, caption_overlay, probabilities,
-                          verdict, kind, generation)
+        overlays = [draw.one(heatmap, title_for(label, prob)) for heatmap, label, (_, prob) in zip(found.maps, labels,
+                                                                                                 top_k)]
+        combined = combined_overlay(draw.display, list(found.maps), labels, found.probs, threshold=options.threshold,
+                                    alpha=options.alpha, alpha_by_prob=options.alpha_by_prob, region=region)
+        extra = seen.extra_maps
+        caption_map, phrase_maps = (None, None) if extra is None else (extra[0], extra[1:])
+        phrases = target.phrases if extra is not None else []
+        probabilities, verdict = self.assess(picture, found.embedding, caption, seen.probabilities)
+        return Inspection(
+            caption, top_k, found.maps, caption_map, combined, overlays,
+            None if caption_map is None else draw.one(caption_map, f"caption: {caption}"), probabilities, verdict,
+            kind, generation, seen.view, seen.tiles, region, phrases, phrase_maps,
+            [draw.one(m, f"{p.role}: {p.text}") for p, m in zip(phrases, [] if phrase_maps is None else phrase_maps)])
 
     def record(self, found, options=None, generation=None):
         """What the operator was shown, as plain data: the app's details, a review's row, scripts."""
@@ -106,14 +120,17 @@ class Inspector:
                 "caption_check": verdict.caption_check, "healthy_mass": round(verdict.healthy_mass, 6),
                 "top_defect": verdict.top_defect, "top_defect_prob": round(verdict.top_defect_prob, 6),
                 "distance": verdict.distance, "calibrated": verdict.calibrated,
-                "kind": found.kind and found.kind[0].id,
+                "kind": found.kind and found.kind[0].id, "view": found.view, "tiles": found.tiles,
+                "phrases": [phrase.as_dict() for phrase in found.phrases],
                 "top_k": [{"id": p.id, "text": p.text, "prob": round(float(prob), 6)} for p, prob in found.top_k],
                 "bundle": self.source, "knowledge": self.knowledge.name, "settings": settings}
 
-    def assess(self, picture, embedding, caption):
-        """(probabilities over the whole knowledge base, Verdict) for a loaded picture and its CLIP embedding."""
-        with torch.no_grad():
-            probabilities = self.clip.probabilities(embedding, self.sentences)[0].float().cpu().numpy()
+    def assess(self, picture, embedding, caption, probabilities=None):
+        """(probabilities over the whole knowledge base, Verdict) for a loaded picture and its CLIP embedding
+        (or the probabilities already known, e.g. aggregated over tiles)."""
+        if probabilities is None:
+            with torch.no_grad():
+                probabilities = self.clip.probabilities(embedding, self.sentences)[0].float().cpu().numpy()
         features = None
         if self.statistics is not None:  # one more forward, for the "far from the training photos" check
             features = self.clip.layer_features(self.clip.preprocess(picture), self.calibration.inputs.feature_layer)
@@ -129,11 +146,13 @@ class Inspector:
         best = int(probs.argmax())
         return self.knowledge.kinds[best], float(probs[best])
 
-    def _caption(self, picture, embedding, top_k, kind, with_caption_map, generation):
-        if self.captioner is None:
-            return summarize(top_k, self.knowledge, kind=kind and kind[0]), None
-        caption = self.captioner.generate(embeddings=embedding, options=generation)[0]
-        if not (with_caption_map and caption and self.caption_maps):
-            return caption, None
-        heatmap = Explainer(self.clip).caption_map(self.captioner, self.clip.preprocess(picture), caption)[0]
-        return caption, heatmap.cpu().numpy()
+
+class _Drawing:
+    """The overlays of one inspection: one display-sized copy of the photo, its settings and the maps' region."""
+
+    def __init__(self, display, options, region):
+        self.display, self.options, self.region = display, options, region
+
+    def one(self, heatmap, title):
+        return individual_overlay(self.display, heatmap, title, alpha=self.options.alpha,
+                                  threshold=self.options.threshold, region=self.region)

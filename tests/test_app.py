@@ -78,7 +78,8 @@ def explain(client, path, **options):
 
 
 def test_explain_returns_the_documented_types(served, photos):
-    caption, top, combined, gallery, caption_map, verdict, details, note = explain(served.client, photos[0], k=3)
+    caption, top, combined, gallery, caption_map, verdict, details, phrases, pick, phrase_maps, note = explain(
+        served.client, photos[0], k=3)
     assert isinstance(caption, str) and caption
     confidences = [c["confidence"] for c in top["confidences"]]
     assert len(confidences) == 3 and confidences == sorted(confidences, reverse=True) and sum(confidences) <= 1
@@ -93,7 +94,15 @@ def test_explain_returns_the_documented_types(served, photos):
     assert f"<b>{details['verdict'].upper()}</b>" in verdict and details["verdict_reasons"][0] in verdict
     assert [t["text"] for t in details["top_k"]] == [c["label"].rsplit(" (", 1)[0] for c in top["confidences"]]
     assert details["settings"]["k"] == 3 and details["settings"]["generation"]["max_new_tokens"] == 4
-    assert note.startswith("Kind: **") and "greedy decoding" in note
+    assert note.startswith("Kind: **") and "greedy decoding" in note and "whole photo" in note
+    assert details["view"] == "tiles" and isinstance(details["phrases"], list)
+    assert "".join(item["token"] for item in phrases).split() == caption.split()  # every word, in order
+    assert len(phrase_maps) == 1 + len(details["phrases"]) and phrase_maps[0]["caption"] == "whole caption"
+
+
+def test_the_note_says_which_view_was_used(served, photos):
+    *_, note = explain(served.client, photos[2], k=1, caption_map=False, view="center")
+    assert "center square only" in note
 
 
 def test_a_sampled_caption_reports_its_seed_and_the_seed_gives_it_again(served, photos):
@@ -172,7 +181,7 @@ def test_batch_gives_table_csv_and_gallery_and_survives_bad_files(served, photos
 
 
 def test_flag_stores_the_operators_correction_with_the_photo(served, photos):
-    caption, *_, details, _ = explain(served.client, photos[6], k=3)
+    caption, *_, details, _, _, _, _ = explain(served.client, photos[6], k=3)
     status = served.client.predict(handle_file(str(photos[6])), details, "wrong", ["bruise", "a cut in the skin"],
                                    "A fruit with a brown bruise.", "seen at dock 4", api_name="/flag")
     assert status.startswith("Saved: review")
@@ -215,7 +224,7 @@ def test_zero_shot_mode_captions_from_the_knowledge_base(tmp_path, photos):
     clip = CLIPW.from_config(tiny_clip_config(vocab_size=len(tokenizer)), tokenizer, device="cpu")
     app, client = serve(Inspector(clip, knowledge), tmp_path)
     try:
-        caption, top, combined, gallery, caption_map, _, details, note = explain(client, photos[5], k=4)
+        caption, top, combined, gallery, caption_map, _, details, *_, note = explain(client, photos[5], k=4)
         table, _, _ = client.predict([handle_file(str(photos[5]))], api_name="/batch")
     finally:
         app.close()

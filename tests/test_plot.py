@@ -143,8 +143,8 @@ def effective_alpha(picture_rgb, base_rgb, color, y, x):
     return (out[channel] - base[channel]) / (color[channel] - base[channel])
 
 
-@pytest.mark.parametrize("alpha_by_prob,expected", [(False, (0.5, 0.5)), (True, (0.5, 0.5 * 0.4 / 0.6))])
-def test_alpha_by_prob_gives_the_less_probable_map_a_weaker_overlay(alpha_by_prob, expected):
+@pytest.mark.parametrize("alpha_by_prob,expected", [(False, (0.5, 0.5)), (True, (0.5 * 0.6, 0.5 * 0.4))])
+def test_alpha_by_prob_scales_each_opacity_by_its_probability(alpha_by_prob, expected):
     gray = np.full((210, 210, 3), 128, dtype=np.uint8)
     maps, probs = [hot_map(1, 1), hot_map(5, 5)], [0.6, 0.4]
     picture = combined_overlay(gray, maps, ["likely", "unlikely"], probs, threshold=0.5, alpha=0.5,
@@ -156,16 +156,47 @@ def test_alpha_by_prob_gives_the_less_probable_map_a_weaker_overlay(alpha_by_pro
     assert alphas == pytest.approx(expected, abs=0.02)
 
 
-def test_each_pixel_takes_the_colour_of_its_strongest_map():
+def test_opacity_by_probability_visibly_changes_the_picture():
+    rgb = photo(210, 210, seed=1)
+    maps = [np.random.default_rng(i).random((GRID, GRID)).astype(np.float32) for i in range(3)]
+    probs = [0.55, 0.3, 0.11]
+    pictures = [np.asarray(combined_overlay(rgb, maps, ["a", "b", "c"], probs, threshold=0.3, alpha=0.6,
+                                            alpha_by_prob=flag, long_side=None))[:210].astype(float)
+                for flag in (False, True)]
+    assert np.abs(pictures[0] - pictures[1]).mean() > 5  # levels of 255 per channel, averaged over the panel
+
+
+def test_each_meaningful_description_colours_its_own_region():
+    gray = np.full((140, 140, 3), 128, dtype=np.uint8)
+    probs = [0.85, 0.11]  # a true 11% bruise next to the top defect
+    picture = combined_overlay(gray, [hot_map(1, 1), hot_map(5, 5)], ["top", "bruise"], probs, threshold=0.5,
+                               alpha=1.0, long_side=None)
+    panel = np.asarray(picture)[:140]
+    colors = [e.rgb for e in legend_entries(["top", "bruise"], probs)]
+    assert tuple(panel[30, 30]) == colors[0] and tuple(panel[110, 110]) == colors[1]  # patch centres: 20 * (i + 0.5)
+
+
+def test_where_two_maps_overlap_the_colour_leans_to_the_stronger():
     gray = np.full((140, 140, 3), 128, dtype=np.uint8)
     weak_everywhere = np.full((GRID, GRID), 0.6, dtype=np.float32)
     weak_everywhere[0, 0], weak_everywhere[6, 0] = 0.0, 1.0  # spans [0, 1], so 0.6 stays 0.6
     picture = combined_overlay(gray, [weak_everywhere, hot_map(3, 3)], ["a", "b"], [0.5, 0.5],
                                threshold=0.5, alpha=1.0, long_side=None)
-    panel = np.asarray(picture)[:140]
-    colors = [e.rgb for e in legend_entries(["a", "b"], [0.5, 0.5])]
-    assert tuple(panel[70, 70]) == colors[1]  # b's peak: b wins where both are high
-    assert tuple(panel[130, 130]) == colors[0]  # only a is above threshold there
+    panel = np.asarray(picture)[:140].astype(float)
+    colors = np.asarray([e.rgb for e in legend_entries(["a", "b"], [0.5, 0.5])], dtype=float)
+    distance = np.abs(panel[70, 70] - colors).sum(axis=1)
+    assert distance[1] < distance[0]  # b's peak: b's colour leads where both are high
+    only_a = effective_alpha(panel, gray, colors[0], 130, 130)  # only a is above threshold there: its colour,
+    assert only_a == pytest.approx(0.6, abs=0.03)  # as opaque as a's value (0.6): edges fade, never blocks
+
+
+def test_threshold_zero_paints_no_blocks():
+    gray = np.full((210, 210, 3), 128, dtype=np.uint8)
+    heatmaps = [np.random.default_rng(i).random((GRID, GRID)).astype(np.float32) for i in range(2)]
+    picture = combined_overlay(gray, heatmaps, ["a", "b"], [0.6, 0.4], threshold=0.0, alpha=0.7, long_side=None)
+    panel = np.asarray(picture)[:210].astype(float)
+    steps = max(np.abs(np.diff(panel, axis=0)).max(), np.abs(np.diff(panel, axis=1)).max())
+    assert steps < 16  # a 30 px cell's edge would jump by tens of levels; a smooth ramp moves a few per pixel
 
 
 def test_an_improbable_description_colours_nothing_next_to_a_probable_one():

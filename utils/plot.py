@@ -1,8 +1,10 @@
 """Heat-map overlays as PIL images: per-description and combined, with titles and legends.
 
 Drawn with numpy/cv2 and PIL (matplotlib only lends its colour tables and its bundled font): a pyplot
-figure costs ~290 ms, these cost a few ms. A heat map lives on CLIP's square center crop; it is laid
-exactly onto that square of the photo, and the rest, which CLIP never saw, is shown dimmed.
+figure costs ~290 ms, these cost a few ms. A heat map covers a region of the photo: CLIP's square center
+crop by default, or, given `region` (left, top, right, bottom as shares of the width and height), the whole
+photo (tiles) or any box; it is laid exactly onto that region, and the rest, which CLIP never saw, is shown
+dimmed. Maps are upsampled bilinearly, so a coarse patch grid never shows as blocks.
 """
 import functools
 import os
@@ -29,6 +31,7 @@ MIN_FONT = 14
 TITLE_LINES = 2
 BACKGROUND = 255  # white
 TEXT_COLOR = (20, 20, 20)
+MEANINGFUL = 0.1  # a description colours the combined view when its probability is at least this share of the top one
 _INTERPOLATION = {"bilinear": cv2.INTER_LINEAR, "cubic": cv2.INTER_CUBIC, "nearest": cv2.INTER_NEAREST}
 
 
@@ -93,12 +96,23 @@ def fit_for_display(image, long_side=DISPLAY_LONG_SIDE):
     return Image.fromarray(_display_rgb(image, long_side))
 
 
-def map_to_image(heatmap, image_size, interpolation="bilinear"):
-    """Heat map on CLIP's crop -> float32 (H, W) on the whole photo, NaN where CLIP did not look."""
+def map_box(width, height, region=None):
+    """(left, top, right, bottom) pixels of a width x height picture that a map covers: CLIP's center crop when
+    `region` is None, else the region's shares of the width and height."""
+    if region is None:
+        return center_crop_box(width, height)
+    left, top, right, bottom = region
+    box = (round(left * width), round(top * height), round(right * width), round(bottom * height))
+    return box[0], box[1], max(box[2], box[0] + 1), max(box[3], box[1] + 1)
+
+
+def map_to_image(heatmap, image_size, interpolation="bilinear", region=None):
+    """Heat map on its region (default CLIP's crop) -> float32 (H, W) on the whole photo, NaN where CLIP did not
+    look."""
     width, height = image_size
-    left, top, right, bottom = center_crop_box(width, height)
+    left, top, right, bottom = map_box(width, height, region)
     full = np.full((height, width), np.nan, dtype=np.float32)
-    full[top:bottom, left:right] = _resize_map(heatmap, right - left, interpolation)
+    full[top:bottom, left:right] = _resize_map(heatmap, (right - left, bottom - top), interpolation)
     return full
 
 
@@ -113,48 +127,51 @@ def normalize_map(values):
     return ((values - low) * scale).astype(np.float32)
 
 
-def dim_outside_crop(rgb, factor=DIM_FACTOR):
-    """uint8 (H, W, 3) copy with everything outside CLIP's center crop darkened."""
+def dim_outside_crop(rgb, factor=DIM_FACTOR, region=None):
+    """uint8 (H, W, 3) copy with everything outside the map's region (default CLIP's center crop) darkened."""
     rgb = np.asarray(rgb, dtype=np.uint8)
-    left, top, right, bottom = center_crop_box(rgb.shape[1], rgb.shape[0])
+    left, top, right, bottom = map_box(rgb.shape[1], rgb.shape[0], region)
     out = (rgb * np.float32(factor)).astype(np.uint8)
     out[top:bottom, left:right] = rgb[top:bottom, left:right]
     return out
 
 
-def overlay_panel(image, heatmap, alpha=0.5, threshold=0.0, cmap="jet", long_side=DISPLAY_LONG_SIDE):
-    """uint8 (H, W, 3): the photo, dimmed outside the crop, with one map coloured where above threshold."""
-    base = dim_outside_crop(_display_rgb(image, long_side))
-    box = center_crop_box(base.shape[1], base.shape[0])
-    norm = normalize_map(_resize_map(heatmap, box[2] - box[0]))
+def overlay_panel(image, heatmap, alpha=0.5, threshold=0.0, cmap="jet", long_side=DISPLAY_LONG_SIDE, region=None):
+    """uint8 (H, W, 3): the photo, dimmed outside the map's region, with the map coloured where above threshold."""
+    base = dim_outside_crop(_display_rgb(image, long_side), region=region)
+    box = map_box(base.shape[1], base.shape[0], region)
+    norm = normalize_map(_resize_map(heatmap, (box[2] - box[0], box[3] - box[1])))
     colors = _lut(cmap)[np.rint(norm * 255).astype(np.uint8)]
     return _blend(base, box, colors, alpha * _above(norm, threshold))
 
 
 def combined_panel(image, heatmaps, probs, threshold=0.5, alpha=0.5, alpha_by_prob=False,
-                   palette="tab10", long_side=DISPLAY_LONG_SIDE):
-    """uint8 (H, W, 3): each pixel in the colour of its strongest map, where that map is above threshold.
-    Maps count in proportion to their probability (relative to the top one): a 0.1% description never
-    paints over the 99% one, and two close ones share the picture."""
-    base = dim_outside_crop(_display_rgb(image, long_side))
+                   palette="tab10", long_side=DISPLAY_LONG_SIDE, region=None):
+    """uint8 (H, W, 3): every meaningful description (probability >= MEANINGFUL of the top one) colours its own
+    region, where its map is above threshold; where several overlap, their colours mix by map value times
+    probability. Opacity follows the map's value, so region edges fade smoothly; with alpha_by_prob it is also
+    scaled by the description's probability (alpha * p)."""
+    base = dim_outside_crop(_display_rgb(image, long_side), region=region)
     if len(heatmaps) == 0:
         return base
-    box = center_crop_box(base.shape[1], base.shape[0])
-    norms = np.stack([normalize_map(_resize_map(m, box[2] - box[0])) for m in heatmaps])
-    norms *= _relative(probs)[:, None, None]
-    winner = norms.argmax(axis=0)
-    strongest = np.take_along_axis(norms, winner[None], axis=0)[0]
-    alphas = _map_alphas(probs, len(heatmaps), alpha, alpha_by_prob)
-    colors = np.asarray(_palette(palette, len(heatmaps)), dtype=np.uint8)[winner]
-    return _blend(base, box, colors, alphas[winner] * _above(strongest, threshold))
+    box = map_box(base.shape[1], base.shape[0], region)
+    norms = np.stack([normalize_map(_resize_map(m, (box[2] - box[0], box[3] - box[1]))) for m in heatmaps])
+    relative = _relative(probs)
+    shown = norms * _above(norms, threshold) * (relative >= MEANINGFUL)[:, None, None]
+    mix = shown * relative[:, None, None]
+    total = mix.sum(axis=0)
+    palette_rgb = np.asarray(_palette(palette, len(heatmaps)), dtype=np.float32)
+    colors = np.einsum("kyx,kc->yxc", mix, palette_rgb) / np.maximum(total, 1e-12)[..., None]
+    alphas = _map_alphas(probs, len(heatmaps), alpha, alpha_by_prob)[:, None, None]
+    return _blend(base, box, colors, (alphas * shown).max(axis=0))
 
 
 def individual_overlay(image, heatmap, title, alpha=0.5, threshold=0.0, cmap="jet",
-                       long_side=DISPLAY_LONG_SIDE):
+                       long_side=DISPLAY_LONG_SIDE, region=None):
     """PIL image: original | overlay side by side, over a strip with the title and a low-to-high colour bar.
     The text sits below the pictures, where no image button of the app ever covers it."""
     original = _display_rgb(image, long_side)
-    overlay = overlay_panel(original, heatmap, alpha, threshold, cmap, long_side=None)
+    overlay = overlay_panel(original, heatmap, alpha, threshold, cmap, long_side=None, region=region)
     height, width = original.shape[:2]
     canvas_width = 2 * width + PANEL_GAP
     font = _font(title_font_size(canvas_width))
@@ -176,11 +193,11 @@ def individual_overlay(image, heatmap, title, alpha=0.5, threshold=0.0, cmap="je
 
 
 def combined_overlay(image, heatmaps, labels, probs, threshold=0.5, alpha=0.5, alpha_by_prob=False,
-                     palette="tab10", long_side=DISPLAY_LONG_SIDE):
+                     palette="tab10", long_side=DISPLAY_LONG_SIDE, region=None):
     """PIL image: the combined panel with a legend strip tying each colour to "label (xx.x%)" below it."""
     if not len(heatmaps) == len(labels) == len(probs):
         raise ValueError(f"{len(heatmaps)} maps, {len(labels)} labels, {len(probs)} probabilities")
-    panel = combined_panel(image, heatmaps, probs, threshold, alpha, alpha_by_prob, palette, long_side)
+    panel = combined_panel(image, heatmaps, probs, threshold, alpha, alpha_by_prob, palette, long_side, region)
     entries = legend_entries(labels, probs, palette)
     font = _font(legend_font_size(panel.shape[1::-1]))
     rows = _legend_rows(entries, panel.shape[1], font)
@@ -203,13 +220,15 @@ def _display_rgb(image, long_side):
     return cv2.resize(rgb, size, interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
 
 
-def _resize_map(heatmap, side, interpolation="bilinear"):
+def _resize_map(heatmap, size, interpolation="bilinear"):
+    """A map resized to `size` (width, height), or to a square of that side when `size` is one number."""
     if hasattr(heatmap, "detach"):  # a torch tensor, without importing torch here
         heatmap = heatmap.detach().cpu().numpy()
     heatmap = np.nan_to_num(np.asarray(heatmap, dtype=np.float32))
     if heatmap.ndim != 2:
         raise ValueError(f"a heat map must be 2-D (h, w), got shape {heatmap.shape}")
-    return cv2.resize(heatmap, (side, side), interpolation=_INTERPOLATION[interpolation])
+    size = (size, size) if np.isscalar(size) else tuple(size)
+    return cv2.resize(heatmap, size, interpolation=_INTERPOLATION[interpolation])
 
 
 def _above(norm, threshold):
@@ -227,9 +246,10 @@ def _relative(probs):
 
 
 def _map_alphas(probs, count, alpha, alpha_by_prob):
+    """Each description's opacity: alpha, or alpha times its probability (a 30% one is drawn at 0.3 alpha)."""
     if not alpha_by_prob:
         return np.full(count, alpha, dtype=np.float32)
-    return (alpha * _relative(probs)).astype(np.float32)
+    return (alpha * np.clip(np.asarray(probs, dtype=np.float32), 0, 1)).astype(np.float32)
 
 
 def _blend(base, box, colors, weights):

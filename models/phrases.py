@@ -1,0 +1,119 @@
+"""The caption explained phrase by phrase: which words carry content, and the score a phrase map explains.
+
+A content phrase is what the caption says about the item: a defect ("green mold"), linked to the knowledge-base
+prompt it names (utils/caption_words.py's matcher), a healthy phrase ("fresh", "smooth unblemished skin"), or
+the product kind ("apple"). Its score is the log-likelihood of its own words given the image, so its map
+answers "where did the captioner see this", not "where did it see 'A fruit with'".
+"""
+import re
+from dataclasses import dataclass
+
+import torch
+
+from models.explain import word_log_probs, word_spans
+from utils.caption_words import HEALTHY_WORDS, key_words, named_kinds, named_prompts
+
+
+@dataclass
+class Phrase:
+    text: str  # the caption's own words, e.g. "green mold"
+    words: list  # indices of the caption's whitespace-separated words it covers
+    role: str  # "defect", "healthy", "kind" (or "caption": all of it)
+    prompt: str | None = None  # id of the knowledge-base prompt (or kind) it names
+
+    def as_dict(self):
+        return {"text": self.text, "role": self.role, "prompt": self.prompt, "words": list(self.words)}
+
+
+def _letters(word):
+    return set(re.findall(r"[a-z]+", word.lower()))
+
+
+def _phrase(caption_words, wanted, role, prompt):
+    indices = [i for i, word in enumerate(caption_words) if _letters(word) & wanted]
+    text = " ".join(caption_words[i] for i in indices).strip(".,;:!?")
+    return Phrase(text, indices, role, prompt) if indices else None
+
+
+def caption_phrases(caption, knowledge):
+    """The caption's content phrases in reading order: each named defect and healthy prompt, leftover healthy
+    words ("fresh"), and the product kind."""
+    caption_words = [caption[start:end] for start, end in word_spans(caption)]
+    found = []
+    for healthy, role in ((False, "defect"), (True, "healthy")):
+        by_id = {p.id: p for p in knowledge.prompts}
+        for prompt_id in named_prompts(caption, knowledge, healthy=healthy):
+            found.append(_phrase(caption_words, key_words(by_id[prompt_id].text, knowledge.domain), role, prompt_id))
+    covered = {i for phrase in found if phrase for i in phrase.words}
+    for index, word in enumerate(caption_words):
+        if index not in covered and _letters(word) & HEALTHY_WORDS:
+            found.append(Phrase(word.strip(".,;:!?"), [index], "healthy"))
+    nouns = {kind.id: kind.noun for kind in knowledge.kinds}
+    for kind_id in named_kinds(caption, knowledge):
+        found.append(_phrase(caption_words, {nouns[kind_id], nouns[kind_id] + "s"}, "kind", kind_id))
+    return sorted((phrase for phrase in found if phrase), key=lambda phrase: phrase.words[0])
+
+
+def token_words(captioner, caption):
+    """The caption word (whitespace-separated) each caption token belongs to: the first word ending at or after
+    the token's end, so a token of only spaces goes to the next word."""
+    ends = [end for _, end in word_spans(caption)]
+    offsets = captioner.tokenizer(caption, add_special_tokens=False, return_offsets_mapping=True).offset_mapping
+    return [next((i for i, end in enumerate(ends) if end >= token_end), len(ends) - 1) for _, token_end in offsets]
+
+
+def phrase_scores(captioner, features, caption, phrases):
+    """[n] log-likelihood of each phrase's words (the sum over its tokens) given the image embedding [1, D]."""
+    per_word = word_log_probs(captioner, features, caption)
+    membership = torch.zeros(len(phrases), len(per_word), dtype=per_word.dtype, device=per_word.device)
+    for row, phrase in enumerate(phrases):
+        membership[row, phrase.words] = 1.0
+    return membership @ per_word
+
+
+def _atoms(captioner, caption, phrases):
+    """Caption tokens (and EOS) grouped by the set of phrases they belong to: ([n_tokens + 1] group of each token,
+    [1 + n phrases, n groups] which groups make up the whole caption (row 0) and each phrase)."""
+    owners = token_words(captioner, caption)
+    signatures = [frozenset(i for i, p in enumerate(phrases) if word in p.words) for word in owners] + [frozenset()]
+    groups = list(dict.fromkeys(signatures))
+    combine = torch.zeros(1 + len(phrases), len(groups))
+    combine[0] = 1.0
+    for column, signature in enumerate(groups):
+        combine[[1 + i for i in signature], column] = 1.0
+    return torch.tensor([groups.index(s) for s in signatures]), combine
+
+
+def caption_jacobian(captioner, features, caption, phrases):
+    """(scores [1 + n], their gradient w.r.t. the embedding [1 + n, D]): all the caption's tokens and EOS (the
+    caption map's target), then each phrase's tokens. One LM pass over a batch of one copy of the embedding per
+    token group and one backward: cheaper than a backward batched over the rows, and exact (a phrase's score is
+    the sum of its groups')."""
+    owner, combine = _atoms(captioner, caption, phrases)
+    copies = features.detach().expand(combine.shape[1], -1).clone().requires_grad_()
+    log_probs, real = captioner.caption_token_log_probs(copies, [caption] * len(copies))
+    tokens = log_probs[:, real[0]]
+    pick = torch.nn.functional.one_hot(owner, len(copies)).T.to(tokens)
+    group_scores = (tokens * pick).sum(dim=1)
+    jacobian = torch.autograd.grad(group_scores.sum(), copies)[0]
+    combine = combine.to(tokens)
+    return combine @ group_scores.detach(), combine @ jacobian.to(tokens)
+
+
+class CaptionTarget:
+    """Extra scores for an explanation pass: writes the caption from the pass's embedding, then scores all the
+    caption's tokens (row 0: the caption map) and each content phrase's (rows 1..n), so their maps come from the
+    same CLIP forward and batched backward as the prompt maps. Afterwards it holds the caption and its phrases."""
+
+    def __init__(self, captioner, knowledge, generation, explain=True):
+        self.captioner, self.knowledge, self.generation, self.explain = captioner, knowledge, generation, explain
+        self.caption, self.phrases = "", []
+
+    def __call__(self, features):
+        self.caption = self.captioner.generate(embeddings=features.detach(), options=self.generation)[0]
+        if not (self.explain and self.caption):
+            return features.new_zeros(0)
+        self.phrases = caption_phrases(self.caption, self.knowledge)
+        scores, jacobian = caption_jacobian(self.captioner, features, self.caption, self.phrases)
+        # the scores' values, with exactly their gradient: the backward into CLIP never runs through the LM again
+        return scores + jacobian @ (features[0] - features[0].detach()).to(jacobian)

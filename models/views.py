@@ -1,0 +1,116 @@
+"""How one photo is looked at: CLIP's center crop, the photo letterboxed into a square, or overlapping tiles
+(models/tiling.py), each giving the top-k prompts with a map each, in the photo's own coordinates.
+
+An `extra` target (models/phrases.py CaptionTarget) adds scores to the pass that the caption is written from,
+so their maps share its forward and batched backward with the prompt maps.
+"""
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from models import tiling
+from models.explain import Explainer, Explanation, get_method, prompt_scores
+from utils.images import center_crop_box
+
+
+@dataclass
+class PhotoExplanation:
+    explanation: Explanation  # maps [k, h, w] over explanation.crop_box of the photo; probabilities aggregated
+    extra_maps: np.ndarray | None  # [n, h, w] maps of the extra target's scores, same box
+    view: str  # "center", "letterbox" or "tiles"
+    tiles: int = 1  # how many tiles were inspected (1 for the other views)
+    probabilities: np.ndarray = None  # [P] over every prompt (aggregated over tiles)
+
+    @property
+    def region(self):
+        """The box the maps cover, as shares of the photo's width and height (utils/plot.py's `region`)."""
+        (left, top, right, bottom), (width, height) = self.explanation.crop_box, self.explanation.image_size
+        return left / width, top / height, right / width, bottom / height
+
+
+def _split(maps, k):
+    maps = maps.cpu().numpy().astype(np.float32)
+    return maps[:k], (maps[k:] if len(maps) > k else None)
+
+
+class _Pass:
+    """One explanation pass over one square picture: the top-k prompts (chosen in the pass, or given), then the
+    extra target's scores appended."""
+
+    def __init__(self, explainer, text_features, k, method, extra=None, indices=None):
+        self.explainer, self.text_features, self.k, self.method = explainer, text_features, k, method
+        self.extra, self.indices = extra, indices
+
+    def __call__(self, features):
+        logits = self.explainer.logit_scale * features[0] @ self.text_features.T
+        self.probs = logits.detach().softmax(-1)
+        if self.indices is None:
+            self.indices = self.probs.topk(self.k).indices
+        self.embedding = features.detach()
+        scores = prompt_scores(features, self.text_features, self.explainer.logit_scale, self.method.target)
+        scores = scores[self.indices]
+        return scores if self.extra is None else torch.cat([scores, self.extra(features).to(scores.dtype)])
+
+    def run(self, pixel_values):
+        return self.explainer.explain(pixel_values, self, self.method)
+
+
+def explain_photo(clip, picture, prompts, healthy, k=5, method="gradcam", view="tiles", tile_side=0, extra=None):
+    """Top-k prompts of a loaded photo, a map each in the photo's coordinates, and the extra target's maps.
+    `healthy` [P] marks the healthy prompts (tiles: a defect seen in any tile counts)."""
+    with torch.inference_mode(False), torch.enable_grad():  # the caller may be under no_grad / inference_mode
+        return _explain_photo(clip, picture, prompts, healthy, k, method, view, tile_side, extra)
+
+
+def _explain_photo(clip, picture, prompts, healthy, k, method, view, tile_side, extra):
+    method, explainer = get_method(method), Explainer(clip)
+    text_features = explainer.text_features(prompts)
+    k = min(k, len(prompts))
+    width, height = picture.size
+    boxes = tiling.tile_boxes(width, height, tile_side) if view == "tiles" else []
+    if len(boxes) > 1:
+        return _tiles(clip, explainer, picture, boxes, text_features, prompts, healthy, k, method, extra)
+    if view not in tiling.VIEWS:
+        raise ValueError(f"unknown view '{view}': choose one of {', '.join(tiling.VIEWS)}")
+    square, box = (tiling.letterbox(picture) if view == "letterbox" else (picture, center_crop_box(width, height)))
+    one = _Pass(explainer, text_features, k, method, extra)
+    maps, extra_maps = _split(one.run(clip.preprocess(square)), k)
+    if view == "letterbox":  # the maps cropped to the photo inside the square cover the whole photo
+        maps, extra_maps = (None if m is None else tiling.crop_letterbox(m, box, square.size[0])
+                            for m in (maps, extra_maps))
+        box = (0, 0, width, height)
+    probs = one.probs.cpu().numpy()
+    found = Explanation([prompts[i] for i in one.indices.tolist()], probs[one.indices.cpu().numpy()].tolist(), maps,
+                        box, picture.size, method.name, one.embedding)
+    return PhotoExplanation(found, extra_maps, "tiles" if view == "tiles" else view, 1, probs)
+
+
+def _tiles(clip, explainer, picture, boxes, text_features, prompts, healthy, k, method, extra):
+    """A no-grad pass over all tiles picks the top-k of the aggregate and the most defective tile; then one
+    explanation pass per tile, the extra target only on that tile (the caption is written from it)."""
+    pixels = clip.preprocess([picture.crop(box) for box in boxes])
+    with torch.no_grad():
+        tile_probs = (explainer.logit_scale * explainer.image_features(pixels) @ text_features.T).softmax(-1)
+    tile_probs = tile_probs.float().cpu().numpy()
+    merged = tiling.aggregate(tile_probs, healthy)
+    indices = np.argsort(-merged, kind="stable")[:k]
+    chosen = tiling.most_defective(tile_probs, healthy)
+    tile_maps, extra_maps, embedding = [], None, None
+    for index in range(len(boxes)):
+        one = _Pass(explainer, text_features, k, method, extra if index == chosen else None, torch.as_tensor(indices))
+        maps, extras = _split(one.run(pixels[index:index + 1]), k)
+        tile_maps.append(maps)
+        if index == chosen:
+            embedding, extra_maps = one.embedding, extras
+    weights = tile_probs[:, indices] / np.maximum(tile_probs[:, indices].max(axis=0), 1e-12)
+    maps = tiling.stitch(np.stack(tile_maps), boxes, picture.size, weights)
+    if extra_maps is not None:
+        only_chosen = np.zeros((len(boxes), len(extra_maps)), np.float32)
+        only_chosen[chosen] = 1.0
+        stacked = np.zeros((len(boxes), *extra_maps.shape), np.float32)
+        stacked[chosen] = extra_maps
+        extra_maps = tiling.stitch(stacked, boxes, picture.size, only_chosen)
+    found = Explanation([prompts[i] for i in indices], merged[indices].tolist(), maps,
+                        (0, 0, *picture.size), picture.size, method.name, embedding)
+    return PhotoExplanation(found, extra_maps, "tiles", len(boxes), merged.astype(np.float32))
