@@ -22,9 +22,8 @@ def _noisy_copy(lm, scale=0.5):
     return draft
 
 
-@pytest.mark.parametrize("lm_kind", ["opt", "gpt2", "llama"])
-@pytest.mark.parametrize("options", [{}, {"min_new_tokens": 8, "no_repeat_ngram_size": 0},
-                                     {"prefix_text": "a photo of a fruit with"}])
+@pytest.mark.parametrize("lm_kind, options", [("opt", {}), ("gpt2", {"min_new_tokens": 8, "no_repeat_ngram_size": 0}),
+                                             ("llama", {"prefix_text": "a photo of a fruit with"})])
 def test_checked_captions_are_the_fp32_lms_whatever_the_draft(lm_kind, options):
     captioner = make_tiny_captioner(lm_kind)  # untrained: near-ties everywhere, the hardest case for a draft
     embeddings = torch.randn(3, captioner.clip.embed_dim, generator=torch.Generator().manual_seed(0))
