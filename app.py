@@ -399,8 +399,8 @@ def _view_note(found):
 
 def _model_line(inspector):
     line = inspector.info()
-    if inspector.captioner is not None and not inspector.caption_maps:
-        line += " | int8 LM: no caption maps (use --lm-precision fp32 or bf16)"
+    if inspector.captioner is not None and inspector.captioner.lm_precision != "fp32":
+        line += f" | LM {inspector.captioner.lm_precision} draft, fp32 check: fp32's greedy captions"
     return line
 
 

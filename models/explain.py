@@ -323,9 +323,9 @@ class Explainer:
     def caption_map(self, captioner, pixel_values, caption, per_word=False, method="gradcam"):
         """Map of the caption's log-likelihood, back through LM and mapper into CLIP: [1, g, g];
         with per_word, one map per whitespace word of the caption: [n_words, g, g]."""
-        if any(type(m).__module__.startswith("torch.ao.nn.quantized") for m in captioner.modules()):
+        if any(type(m).__module__.startswith("torch.ao.nn.quantized") for m in captioner.lm.modules()):
             raise ValueError("caption maps need gradients through the LM and int8 layers have none: "
-                             "load the captioner with lm_precision 'fp32' or 'bf16'")
+                             "load the captioner with set_precision, which keeps the fp32 LM")
 
         def target(features):
             if per_word:

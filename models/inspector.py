@@ -68,8 +68,8 @@ class Inspector:
 
     @property
     def caption_maps(self):
-        """Whether caption maps can be drawn: a captioner whose LM passes gradients (not int8)."""
-        return self.captioner is not None and self.captioner.lm_precision != "int8"
+        """Whether caption maps can be drawn: any captioner (its fp32 LM passes the gradients at every precision)."""
+        return self.captioner is not None
 
     def info(self):
         lm = self.captioner.config.lm if self.captioner else "none (zero-shot: knowledge-base summary)"

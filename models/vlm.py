@@ -12,8 +12,9 @@ from safetensors.torch import save_file
 from torch import nn
 
 from models.clip import CLIPW
-from models.config import CaptionerConfig, GenerationOptions
-from models.lm import load_lm, set_precision, set_trainable
+from models.config import PRECISIONS, CaptionerConfig, GenerationOptions
+from models.checked import GreedyRule, checked_greedy
+from models.lm import draft_lm, load_lm, set_trainable
 from models.mapper import build_mapper
 from models.verdict import BUNDLE_FILES
 from utils.files import load_safetensors, read_json_strict, staged_directory
@@ -37,7 +38,7 @@ class ClipCaptioner(nn.Module):
         config = dataclasses.replace(config or CaptionerConfig(), clip_dim=clip.embed_dim,
                                      lm_dim=lm.get_input_embeddings().embedding_dim)  # the caller's stays as it was
         self.clip, self.lm, self.tokenizer, self.config = clip, lm, tokenizer, config
-        self.lm_precision = "fp32"
+        self.lm_precision, self.draft_lm = "fp32", None  # a reduced-precision copy drafts, the fp32 LM checks
         self.companions = {}  # name -> bytes: the bundle's calibration files, written again with the bundle
         self.mapper = build_mapper(
             config.mapper, config.clip_dim, config.lm_dim, config.prefix_length, config.mapper_hidden or None,
@@ -118,13 +119,36 @@ class ClipCaptioner(nn.Module):
         if embeddings is None:
             embeddings = self.clip.encode_images(images)
         prompt = self._prompt_embeddings(embeddings, options.prefix_text)
-        with _seeded_global_rng(options.seed, self.device) if options.sampling else nullcontext():
-            ids = self.lm.generate(inputs_embeds=prompt, attention_mask=torch.ones(prompt.shape[:2], device=self.device),
-                                   use_cache=use_cache, **self._generate_settings(options))
+        if self._checks_draft(options):
+            ids = [checked_greedy(self.lm, self.draft_lm, row[None], self._greedy_rule(options),
+                                  options.max_new_tokens)[0] for row in prompt]
+        else:
+            with _seeded_global_rng(options.seed, self.device) if options.sampling else nullcontext():
+                ids = self.lm.generate(inputs_embeds=prompt, attention_mask=torch.ones(prompt.shape[:2], device=self.device),
+                                       use_cache=use_cache, **self._generate_settings(options)).tolist()
         if options.prefix_text:  # decoded together, so the tokenizer puts the space between them
-            start = self.tokenizer(options.prefix_text, add_special_tokens=False, return_tensors="pt").input_ids
-            ids = torch.cat([start.to(ids.device).expand(len(ids), -1), ids], dim=1)
+            start = self.tokenizer(options.prefix_text, add_special_tokens=False).input_ids
+            ids = [start + row for row in ids]
         return [_clean(text) for text in self.tokenizer.batch_decode(ids, skip_special_tokens=True)]
+
+    def _checks_draft(self, options):
+        """Greedy captions come from the draft checked by the fp32 LM; sampling, beams and the repetition
+        penalty (whose rules the check does not replay) from the fp32 LM alone."""
+        return (self.draft_lm is not None and not options.sampling and options.num_beams == 1
+                and options.repetition_penalty == 1.0)
+
+    def _greedy_rule(self, options):
+        """What generate() would do to each greedy step's logits under these options (models/checked.py)."""
+        from transformers import MinNewTokensLengthLogitsProcessor, PrefixConstrainedLogitsProcessor
+
+        settings = self._generate_settings(options)
+        processors = list(settings["logits_processor"])
+        stops = settings["eos_token_id"]
+        if options.min_new_tokens > 0:  # the rule sees the caption's tokens only: no prompt length to skip
+            processors.append(MinNewTokensLengthLogitsProcessor(0, options.min_new_tokens, stops, self.device))
+        if "prefix_allowed_tokens_fn" in settings:
+            processors.append(PrefixConstrainedLogitsProcessor(settings["prefix_allowed_tokens_fn"], 1))
+        return GreedyRule(processors, stops)
 
     def _generate_settings(self, options):
         """GenerationOptions -> keyword arguments of transformers' generate."""
@@ -182,9 +206,12 @@ class ClipCaptioner(nn.Module):
         return total / len(captions) if captions else math.nan
 
     def set_precision(self, precision):
-        """Reduced-precision CPU inference (see models.lm.set_precision). int8 LMs pass no gradient, so
-        caption maps need fp32 or bf16."""
-        self.lm = set_precision(self.lm, precision)
+        """fp32 alone, or a bf16 / int8 draft that writes greedy captions for the fp32 LM to check
+        (models/checked.py): the captions stay fp32's, the fp32 LM gives caption maps their gradients, and
+        the draft costs its memory on top."""
+        if precision not in PRECISIONS:
+            raise ValueError(f"unknown precision '{precision}': choose one of {PRECISIONS}")
+        self.draft_lm = None if precision == "fp32" else draft_lm(self.lm, precision)
         self.lm_precision = precision
         return self
 

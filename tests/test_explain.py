@@ -7,7 +7,7 @@ from PIL import Image
 from transformers import CLIPConfig, CLIPModel
 
 from conftest import PROMPTS, make_tiny_captioner
-from models.lm import set_precision
+from models.lm import quantize_int8
 from models.explain import (METHODS, Explainer, Explanation, clip_es_scores, explain_image, gradcam_maps,
                             legrad_maps, normalize_maps, token_log_probs, tokens_to_grid, word_log_probs)
 
@@ -265,7 +265,7 @@ def test_caption_maps_through_a_real_captioner(lm_kind):
 @pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")  # torch's int8 API
 def test_caption_map_refuses_an_int8_lm_instead_of_drawing_blank_maps():
     captioner = make_tiny_captioner("opt")
-    captioner.lm = set_precision(captioner.lm, "int8")
+    captioner.lm = quantize_int8(captioner.lm)
     with pytest.raises(ValueError, match="int8"):
         Explainer(captioner.clip).caption_map(captioner, torch.randn(1, 3, 32, 32), "a pear.")
 
