@@ -38,7 +38,7 @@ CSS = """
 #caption textarea {font-size: 1.3rem; font-weight: 600; line-height: 1.35;}
 #caption-note, #caption-note p {font-size: 0.9rem; margin: 0;}
 #model-info {font-size: 0.85rem; opacity: 0.75;}
-.verdict {padding: 0.5rem 0.8rem; border-radius: 0.5rem; font-size: 1.05rem; line-height: 1.4;}
+.verdict {padding: 0.4rem 0.8rem; border-radius: 0.5rem; font-size: 0.95rem; line-height: 1.35;}
 .verdict b {font-size: 1.25rem; letter-spacing: 0.05em; margin-right: 0.5rem;}
 .verdict-pass {background: #d1fae5; color: #065f46;} .verdict-fail {background: #fee2e2; color: #991b1b;}
 .verdict-review {background: #fef3c7; color: #92400e;}
@@ -94,8 +94,7 @@ def build_app(inspector, *, examples=None, concurrency=1, max_image_mb=DEFAULT_M
             gallery = [(picture, row[0]) for row, picture in rows if picture is not None]
             return _needing_review(frame, only_review), _write_csv(frame, requests), gallery, frame
 
-        # preprocess=False: uploads arrive as paths (already checked into Gradio's cache) for the Inspector's own
-        # loader, whose size limits and clear messages beat Gradio's generic decode errors
+        # preprocess=False: uploads arrive as paths for the Inspector's own loader (clearer errors than Gradio's);
         shared = dict(preprocess=False, concurrency_id="model")  # one limit over both: they share the models
         # scroll_to_output: on a phone the results sit below the photo; on a desktop the page moves a little
         one.run.click(explain, [one.image], inputs_kwargs=settings, api_name="explain", scroll_to_output=True,
@@ -206,13 +205,13 @@ def _inspect_tab(has_lm, examples, max_image_mb):
             image = gr.Image(type="filepath", image_mode=None, sources=["upload", "clipboard", "webcam"],
                              label=f"Photo (up to {max_image_mb:g} MB)", height=340, elem_id="photo")
             run = gr.Button("Inspect", variant="primary", elem_id="run")
+            verdict = _verdict_badge()  # under the button: where the eye is after a click, on the first screen
             if examples:
                 gr.Examples(examples, inputs=[image], label="Examples", examples_per_page=12)
         with gr.Column(scale=3):
             caption = gr.Textbox(label="Caption" if has_lm else "Caption (zero-shot: knowledge-base summary)",
                                  lines=1, max_lines=3, interactive=False, elem_id="caption", buttons=["copy"])
             note = gr.Markdown(elem_id="caption-note")  # the product kind; how the caption was written, its seed
-            verdict = _verdict_badge()
             with gr.Row(equal_height=False):
                 # height: caption, map and top matches fit on a 1280 x 800 screen
                 combined = gr.Image(label="Where each one shows", interactive=False, elem_id="combined",

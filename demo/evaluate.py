@@ -26,22 +26,13 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
-from demo.world import HARD, WorldOptions, load_masks, load_truth, write_world  # noqa: E402
+from demo.scoring import caption_correct, defects_of, held_out_world  # noqa: E402
+from demo.world import load_masks, load_truth  # noqa: E402
 from models.clip import CLIPW  # noqa: E402
-from utils.caption_words import HEALTHY_WORDS, named_defects, words  # noqa: E402
 from utils.knowledge import load_knowledge  # noqa: E402
 from utils.metrics import auroc  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def held_out_world(directory, n, seed, size=128, hard=False):
-    return write_world(directory, n, seed=seed, width=size, height=size, progress=True,
-                       options=HARD if hard else WorldOptions())
-
-
-def defects_of(truth):
-    return [[d for d in row.split(";") if d] for row in truth["defects"]]
 
 
 def clip_scores(probabilities, truth, knowledge):
@@ -62,13 +53,6 @@ def clip_scores(probabilities, truth, knowledge):
     }
 
 
-def caption_correct(caption, primary, knowledge, defects=None):
-    """A defect item's caption names its primary defect (with `defects`, any of them); a healthy item's
-    says fresh/healthy and names no defect."""
-    named = named_defects(caption, knowledge)
-    if primary == "healthy":
-        return not named and bool(HEALTHY_WORDS & words(caption))
-    return bool(set(named) & set(defects)) if defects else primary in named
 
 
 def label_scores(dataset_dir, truth, knowledge):

@@ -24,12 +24,13 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
-from demo.evaluate import caption_correct, defects_of, held_out_world  # noqa: E402
+from demo.scoring import caption_correct, defects_of, held_out_world  # noqa: E402
 from demo.world import load_truth  # noqa: E402
 from models.inspector import Inspector  # noqa: E402
 from models.plausibility import image_problems  # noqa: E402
 from models.verdict import judge  # noqa: E402
 from utils import calibration as cal  # noqa: E402
+from utils.data import read_manifest  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGETS = (0.0, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2)
@@ -151,7 +152,7 @@ def simulate_operator(frame, world, review_dir, inspector):
 
 def auto_subset(labels_dir, out_dir, size, seed):
     """A random share of the auto-labeled training set: both retrainings see it, so neither forgets."""
-    from utils.data import load_dataset, read_manifest, save_dataset
+    from utils.data import load_dataset, save_dataset
 
     if read_manifest(out_dir) is not None:
         return out_dir
@@ -191,9 +192,9 @@ def correction_loop(args, inspector):
     world = held_out_world(work / "world", args.loop_n, args.loop_seed)
     reviewed = inspect_world(inspector, world)
     flags = simulate_operator(reviewed, world, work / "reviews", inspector)
-    if not (work / "corrections" / "manifest.json").is_file():
+    if not (work / "corrections" / "manifest.json").is_file():  # encoded by the CLIP the auto-labels name
         script("corrections.py", "--reviews", work / "reviews", "--out", work / "corrections", "--clip",
-               Path(args.bundle) / "clip", "--workers", 0, "--quiet")
+               read_manifest(args.labels)["clip"], "--workers", 0, "--quiet")
     subset = auto_subset(args.labels, work / "auto-subset", args.loop_auto, args.loop_seed)
     control = retrain(args.bundle, [subset], work / "control", args)
     corrected = retrain(args.bundle, [subset, work / "corrections"], work / "corrected", args,

@@ -114,6 +114,7 @@ def inspect_photo(page):
     page.wait_for_function("() => document.querySelector('#caption textarea').value.length > 0")
     page.locator("#combined img").wait_for()
     page.locator("#overlays img").nth(4).wait_for()  # all five descriptions
+    page.locator("#caption-map").scroll_into_view_if_needed()  # a lazy <img> far down a phone page stays unloaded
     page.locator("#caption-map img").wait_for()
 
 

@@ -11,6 +11,7 @@ from models.clip import CLIPW
 from models.explain import METHODS
 from models.lm import CACHE_DIR
 from demo import evaluate as eval_demo
+from demo.scoring import caption_correct
 from demo.build import build_demo, build_reference, is_complete, load_recipe
 from demo.pretrain_clip import (PretrainOptions, build_clip, kind_targets, load_defect_masks, patch_targets, pretrain_clip,
                                  prompt_targets, text_tokens, train_loss)
@@ -198,9 +199,9 @@ def test_auroc_and_caption_scoring():
     assert eval_demo.auroc([0, 1, 0, 1], [0.5, 0.5, 0.5, 0.5]) == 0.5
     assert np.isnan(eval_demo.auroc([1, 1], [0.1, 0.2]))
     kb = load_knowledge("fruit")
-    assert eval_demo.caption_correct("A fruit with green mold and a brown bruise.", "bruise", kb)
-    assert not eval_demo.caption_correct("A fruit with green mold.", "blue_mold", kb)
-    assert eval_demo.caption_correct("A fruit with green mold.", "blue_mold", kb, ["blue_mold", "green_mold"])
-    assert eval_demo.caption_correct("A fresh fruit with smooth unblemished skin.", "healthy", kb)
-    assert not eval_demo.caption_correct("A fresh fruit that may have dark spots.", "healthy", kb)
+    assert caption_correct("A fruit with green mold and a brown bruise.", "bruise", kb)
+    assert not caption_correct("A fruit with green mold.", "blue_mold", kb)
+    assert caption_correct("A fruit with green mold.", "blue_mold", kb, ["blue_mold", "green_mold"])
+    assert caption_correct("A fresh fruit with smooth unblemished skin.", "healthy", kb)
+    assert not caption_correct("A fresh fruit that may have dark spots.", "healthy", kb)
     assert eval_demo.named_defects("A fruit with soft brown rot and a cut in the skin.", kb) == ["rot", "cut"]
