@@ -323,7 +323,7 @@ class Explainer:
     def caption_map(self, captioner, pixel_values, caption, per_word=False, method="gradcam"):
         """Map of the caption's log-likelihood, back through LM and mapper into CLIP: [1, g, g];
         with per_word, one map per whitespace word of the caption: [n_words, g, g]."""
-        if any(type(m).__module__.startswith("torch.ao.nn.quantized") for m in captioner.lm.modules()):
+        if any(type(m).__module__.startswith("torch.ao.nn.quantized") for m in getattr(captioner, "lm", torch.nn.Module()).modules()):
             raise ValueError("caption maps need gradients through the LM and int8 layers have none: "
                              "load the captioner with set_precision, which keeps the fp32 LM")
 

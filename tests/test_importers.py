@@ -135,11 +135,11 @@ def test_import_elpv_links_class_folders_with_a_stratified_split(tmp_path, capsy
     from utils.elpv import CLASS_MAP, LEVELS
     from utils.knowledge import load_knowledge
 
-    source = fake_elpv(tmp_path / "data")
+    source = fake_elpv(tmp_path / "data", 32)  # 8 strata (level x type) of 4: one of each held out
     importers.main(["elpv", "--source", str(source), "--out", str(tmp_path / "cells")])
-    assert "train 12" in capsys.readouterr().out
+    assert "train 24" in capsys.readouterr().out
     train, test = sorted((tmp_path / "cells" / "train").rglob("*.png")), sorted((tmp_path / "cells" / "test").rglob("*.png"))
-    assert len(train) == 12 and len(test) == 4 and not {p.name for p in train} & {p.name for p in test}
+    assert len(train) == 24 and len(test) == 8 and not {p.name for p in train} & {p.name for p in test}
     assert {p.parent.parent.name for p in test} == set(LEVELS.values())  # every level held out
     assert all(p.resolve().parent == (source / "images").resolve() for p in train + test)  # links, not copies
     assert yaml.safe_load((tmp_path / "cells" / "class_map.yaml").read_text()) == CLASS_MAP

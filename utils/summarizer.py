@@ -33,7 +33,7 @@ def summarize(top_k, knowledge: KnowledgeBase, *, kind: Kind | str | None = None
     healthy_mass = sum(weights[p] for p in ranked if p.healthy)
     if ranked[0].healthy or healthy_mass >= total - healthy_mass:
         best = next(p for p in ranked if p.healthy)
-        return healthy_sentence(noun, best, healthy_word or knowledge.healthy_word)
+        return healthy_sentence(noun, best, knowledge.healthy_word if healthy_word is None else healthy_word)
     defects = [p for p in ranked if not p.healthy]
     kept = defects[:1] + [p for p in defects[1:] if weights[p] >= min_share * total]
     return defect_sentence(noun, kept, hedged=healthy_mass >= hedge_share * total, max_defects=max_defects)

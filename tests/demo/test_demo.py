@@ -12,6 +12,7 @@ from models.explain import METHODS
 from models.lm import CACHE_DIR
 from demo import evaluate as eval_demo
 from demo.scoring import caption_correct
+from utils.caption_words import named_defects
 from demo.build import build_demo, build_reference, is_complete, load_recipe
 from demo.pretrain_clip import (PretrainOptions, build_clip, kind_targets, load_defect_masks, patch_targets, pretrain_clip,
                                  prompt_targets, text_tokens, train_loss)
@@ -204,4 +205,4 @@ def test_auroc_and_caption_scoring():
     assert caption_correct("A fruit with green mold.", "blue_mold", kb, ["blue_mold", "green_mold"])
     assert caption_correct("A fresh fruit with smooth unblemished skin.", "healthy", kb)
     assert not caption_correct("A fresh fruit that may have dark spots.", "healthy", kb)
-    assert eval_demo.named_defects("A fruit with soft brown rot and a cut in the skin.", kb) == ["rot", "cut"]
+    assert named_defects("A fruit with soft brown rot and a cut in the skin.", kb) == ["rot", "cut"]
