@@ -61,7 +61,7 @@ elpv: $(VENV)/installed | $(DEMO)/config.json
 	$(PY) train/label.py --images $(ELPV_WORK)/cells/test --out $(ELPV_WORK)/labels-test \
 		--clip $(ELPV_WORK)/clip --knowledge solar_cell --top-k 3 --workers 0
 	$(PY) train/train.py $(ELPV_WORK)/labels --out $(ELPV_WORK)/mapper --lm smollm2 --include-clip --resume \
-		--prefix-length 6 --epochs 2 --batch-size 8 --lr 0.001 --val-fraction 0.05 --val-max 0 --metrics none
+		--prefix-length 6 --epochs 1 --batch-size 8 --lr 0.001 --val-fraction 0.05 --val-max 0 --metrics none
 	rm -rf $(ELPV).new && cp -r $(ELPV_WORK)/mapper/best $(ELPV).new && rm -rf $(ELPV) && mv $(ELPV).new $(ELPV)
 	$(PY) bench/eval_elpv.py --bundle $(ELPV) --clip $(ELPV_WORK)/clip --cells $(ELPV_WORK)/cells \
 		--labels $(ELPV_WORK)/labels-test --out $(ELPV_WORK)/figures.json
