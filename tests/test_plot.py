@@ -87,14 +87,14 @@ def test_outside_the_crop_is_dimmed_and_never_coloured(width, height):
     assert np.abs(overlay[outside] - dimmed(rgb)[outside]).max() <= 1
     assert np.abs(overlay[~outside] - rgb[~outside]).mean() > 20  # threshold 0 colours the whole crop
     original = np.asarray(picture)[:height, :width]
-    assert np.array_equal(original, rgb)  # the left panel is the untouched photo
+    assert np.array_equal(original, rgb)  # the left panel is the untouched photo; bitwise: pixels copied
 
 
 def test_a_low_map_value_gets_no_colour_above_the_threshold():
     rgb = photo(200, 200)
     overlay = right_panel(individual_overlay(rgb, hot_map(), "x", threshold=0.5, long_side=None), 200, 200)
     far_corner = (slice(150, 200), slice(0, 50))  # the map is 0 there
-    assert np.array_equal(overlay[far_corner], rgb[far_corner])
+    assert np.array_equal(overlay[far_corner], rgb[far_corner])  # bitwise: pixels copied
 
 
 @pytest.mark.parametrize("threshold", [1.0, 5.0])
@@ -266,4 +266,4 @@ def test_titles_and_colour_bar_labels_sit_below_the_pictures_in_text_that_scales
     rows = np.flatnonzero(dark.any(axis=1))
     assert title_font_size(picture.shape[1]) >= picture.shape[1] / 25
     assert rows.size and rows.max() - rows.min() >= 0.6 * title_font_size(picture.shape[1])  # text, not a hairline
-    assert np.array_equal(picture[:336, :448], rgb)  # nothing drawn over the photo
+    assert np.array_equal(picture[:336, :448], rgb)  # nothing drawn over the photo; bitwise: pixels copied

@@ -17,10 +17,10 @@ def test_render_is_deterministic():
     b = render_sample(item_rng(7, 0))
     c = render_sample(item_rng(7, 1))
     # bitwise: the generator promises one seed draws one image (the same code path, twice, on one machine)
-    assert np.array_equal(np.asarray(a.image), np.asarray(b.image))
+    assert np.array_equal(np.asarray(a.image), np.asarray(b.image))  # bitwise: same seed, same code path
     assert (a.fruit, a.defects) == (b.fruit, b.defects)
-    assert all(np.array_equal(a.masks[k], b.masks[k]) for k in a.defects)
-    assert not np.array_equal(np.asarray(a.image), np.asarray(c.image))
+    assert all(np.array_equal(a.masks[k], b.masks[k]) for k in a.defects)  # bitwise: masks are drawn, not computed
+    assert not np.array_equal(np.asarray(a.image), np.asarray(c.image))  # bitwise: another seed, another image
 
 
 @pytest.mark.parametrize("index", range(12))
@@ -82,6 +82,7 @@ def test_world_is_deterministic(world, tmp_path):
     again = write_world(tmp_path / "again", 16, seed=3, width=64, height=64, progress=False)
     assert (again / "labels.csv").read_bytes() == (world / "labels.csv").read_bytes()
     for row in load_truth(world).itertuples():  # bitwise: a seeded world is the same files on one machine
+        # bitwise: the same seed writes the same file
         assert np.array_equal(np.asarray(Image.open(world / row.path)), np.asarray(Image.open(again / row.path)))
 
 
@@ -130,6 +131,7 @@ def test_faint_defects_keep_their_masks_and_change_less():
     faint = render_sample(item_rng(4, 1), 64, 64, defect_probs=[0, 1], options=WorldOptions(faintest=0.3))
     healthy = render_sample(item_rng(4, 1), 64, 64, defect_probs=[1])
     (kind,) = full.defects
+    # bitwise: masks are drawn, not computed
     assert faint.defects == [kind] and np.array_equal(faint.masks[kind], full.masks[kind])
     change = [np.abs(np.asarray(s.image, float) - np.asarray(healthy.image, float))[full.masks[kind]].mean()
               for s in (full, faint)]
@@ -154,6 +156,6 @@ def test_hard_world_masks_are_visible_defects(index):
 def test_hard_world_differs_and_is_recorded(tmp_path):
     plain = [np.asarray(render_sample(item_rng(9, i), 48, 48).image) for i in range(4)]
     hard = [np.asarray(render_sample(item_rng(9, i), 48, 48, options=HARD).image) for i in range(4)]
-    assert not any(np.array_equal(a, b) for a, b in zip(plain, hard))
+    assert not any(np.array_equal(a, b) for a, b in zip(plain, hard))  # bitwise: other options, other images
     out = write_world(tmp_path / "hard", 3, seed=1, width=48, height=48, progress=False, options=HARD)
     assert (out / "world.json").read_text().count("defect_scale") == 1
