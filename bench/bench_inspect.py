@@ -6,8 +6,9 @@ Every figure is also printed as a ratio to one plain image encode (CLIP ViT-B/32
 rounds, since the cores may be shared; the load average is printed with them. Modes run round-robin, so load
 from other jobs hits each alike. Asserts nothing.
 
-A random LM's logits are near-ties everywhere, the worst case for the bf16 / int8 drafts (their tokens are
-often corrected by the fp32 check): the demo bundle's row is the one that says what a trained LM gets.
+A random LM's logits are near-ties everywhere and it writes nothing like the knowledge base's sentences: the worst
+case for every draft (phrase, bf16, int8), whose tokens the fp32 check then corrects one by one. The demo bundle's
+rows say what a trained LM gets.
 
     python -m bench.bench_inspect --runs 3 --lms OPT-125M --bundle checkpoints/demo
 """
@@ -72,15 +73,16 @@ def photo():
     return Image.fromarray(np.random.default_rng(0).integers(0, 255, (480, 640, 3), dtype=np.uint8))
 
 
-def time_modes(modes, image, encode, runs, generation):
-    """{mode: median ms of one Inspect}, and the median ms of the plain encode timed before each."""
+def time_modes(modes, image, encode, runs):
+    """{mode: median ms of one Inspect}, and the median ms of the plain encode timed before each. `modes` maps
+    a name to (inspector, GenerationOptions, caption maps on)."""
     times, encodes = {mode: [] for mode in modes}, []
     for run in range(runs + 1):  # the first round warms up
-        for mode, inspector in modes.items():
+        for mode, (inspector, generation, caption_map) in modes.items():
             start = time.perf_counter()
             encode()
             encoded = time.perf_counter()
-            inspector.inspect(image, generation=generation, k=5, caption_map=True)
+            inspector.inspect(image, generation=generation, k=5, caption_map=caption_map)
             if run:
                 encodes.append((encoded - start) * 1000)
                 times[mode].append((time.perf_counter() - encoded) * 1000)
@@ -89,11 +91,26 @@ def time_modes(modes, image, encode, runs, generation):
 
 def report(title, medians, encode_ms):
     lines = [f"{title}; plain encode {encode_ms:.0f} ms = 1.00x; load average {os.getloadavg()[0]:.1f}"]
-    fp32 = medians.get("fp32")
+    first = next(iter(medians.values()))
     for mode, ms in medians.items():
-        versus = f", {ms / fp32:.2f}x fp32" if fp32 else ""
-        lines.append(f"  {mode:<6} whole Inspect {ms:8.0f} ms  {ms / encode_ms:6.2f}x encode{versus}")
+        lines.append(f"  {mode:<42} whole Inspect {ms:7.0f} ms  {ms / encode_ms:6.2f}x encode  {ms / first:5.2f}x "
+                     "the first row")
     return "\n".join(lines)
+
+
+def modes_of(base, precisions, generation):
+    """The app's default (fp32, phrase draft, caption maps) first; then without caption maps, token by token,
+    and each reduced precision's draft."""
+    from dataclasses import replace
+
+    token_by_token = replace(generation, phrase_draft=False)
+    modes = {"fp32, phrase draft, caption maps (default)": (base, generation, True),
+             "fp32, phrase draft, no caption maps": (base, generation, False),
+             "fp32 token by token, caption maps": (base, token_by_token, True)}
+    for precision in precisions:
+        if precision != "fp32":
+            modes[f"{precision} draft, fp32 check, caption maps"] = (_at_precision(base, precision), generation, True)
+    return modes
 
 
 def run(args):
@@ -109,19 +126,18 @@ def run(args):
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cores, median of "
           f"{args.runs}, k=5, caption maps on; unit: one plain CLIP ViT-B/32 encode of a 224x224 image")
     for lm_size in args.lms:
-        base = random_inspector(clip, lm_size)
-        modes = {p: _at_precision(base, p) for p in args.precisions}
         fixed = GenerationOptions(min_new_tokens=30, max_new_tokens=30)  # a random LM would stop anywhere
+        modes = modes_of(random_inspector(clip, lm_size), args.precisions, fixed)
         print(report(f"random CLIP ViT-B/32 + {lm_size}, 640x480 photo, 30 tokens", *time_modes(
-            modes, photo(), encode, args.runs, fixed)), flush=True)
+            modes, photo(), encode, args.runs)), flush=True)
     if args.bundle:
         from demo.world import load_truth, write_world
 
         world = write_world(args.world, 1, seed=7, width=128, height=128, progress=True)
         image = os.path.join(world, load_truth(world)["path"].iloc[0])
-        modes = {p: Inspector.load(args.bundle, device="cpu", lm_precision=p) for p in args.precisions}
+        modes = modes_of(Inspector.load(args.bundle, device="cpu"), args.precisions, GenerationOptions())
         print(report(f"bundle {args.bundle}, world seed 7 image 0, default decoding (stops at its own end)",
-                     *time_modes(modes, image, encode, args.runs, GenerationOptions())))
+                     *time_modes(modes, image, encode, args.runs)))
 
 
 def _at_precision(inspector, precision):

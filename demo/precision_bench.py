@@ -4,6 +4,9 @@
     python -m demo.precision_bench --bundle OTHER --n 200 --precisions bf16,int8
 
 Rows (one image at a time, as the app captions, default decoding):
+  fp32 (reference)      the fp32 LM alone, one pass per token (phrase draft off)
+  fp32, phrase draft    what the app does by default: the knowledge base's sentences draft, the fp32 LM checks
+                        several tokens per pass (models/checked.py PhraseDraft)
   fp32 batched          fp32 captions in batches of 32 against one at a time: the noise floor (the same LM,
                         other float rounding)
   plain X               the LM itself cast to X (bf16) or with int8 Linears: what `--lm-precision X` did
@@ -41,10 +44,12 @@ def parse_args(argv=None):
     return args
 
 
-def timed_captions(captioner, embeddings, batch_size=1):
+def timed_captions(captioner, embeddings, batch_size=1, phrase_draft=False):
     """(captions, CPU seconds per caption)."""
+    from models.config import GenerationOptions
+
     start = time.process_time()
-    captions = captioner.caption_embeddings(embeddings, batch_size=batch_size)
+    captions = captioner.caption_embeddings(embeddings, GenerationOptions(phrase_draft=phrase_draft), batch_size)
     return captions, (time.process_time() - start) / len(captions)
 
 
@@ -74,6 +79,7 @@ def rows(captioner, embeddings, precisions):
               flush=True)
 
     add("fp32 (reference)", reference, seconds)
+    add("fp32, phrase draft", *timed_captions(captioner, embeddings, phrase_draft=True))
     add("chance (other images' fp32 captions)", random.Random(0).sample(reference, len(reference)))
     add("fp32 batched (noise floor)", *timed_captions(captioner, embeddings, batch_size=32))
     for precision in precisions:

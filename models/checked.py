@@ -1,13 +1,22 @@
-"""Reduced precision that keeps fp32's captions: a bf16 or int8 copy of the LM drafts the greedy caption and
-the fp32 LM checks it, reading the drafted tokens in one cached pass and keeping them up to the first one it
-would not have chosen, where its own choice goes in (speculative decoding with greedy acceptance, Leviathan
-et al. 2023). The caption is the fp32 LM's greedy caption token for token; only reading several tokens in one
-pass instead of one by one can move a logit in the last float bits.
+"""Greedy captions written several tokens per LM pass: a draft proposes the caption's next tokens and the fp32
+LM checks them, reading them in one cached pass and keeping them up to the first one it would not have chosen,
+where its own choice goes in (speculative decoding with greedy acceptance, Leviathan et al. 2023). The caption is
+the fp32 LM's greedy caption token for token; only reading several tokens in one pass instead of one by one can
+move a logit in the last float bits.
 
-Needed because the demo bundle's captions often hinge on a near-tie between two tokens: measured on held-out
-demo images, plain bf16 kept 92% of fp32's greedy captions and every int8 scheme tried 75-89%
-(demo/precision_bench.py). transformers' assisted generation does the same but not from inputs_embeds.
+Two drafts:
+- PhraseDraft looks the next tokens up in the sentences the knowledge base's summarizer writes (prompt lookup
+  decoding, Saxena 2023, over those sentences), led by the one sentence the auto-labels would give this photo:
+  free to run, and right most of the time because the captioner learned exactly such sentences, so one photo's
+  caption takes a few LM passes instead of one per token.
+- ModelDraft, a bf16 or int8 copy of the LM (--lm-precision): needed because the demo bundle's captions often
+  hinge on a near-tie between two tokens: measured on held-out demo images, plain bf16 kept 92% of fp32's greedy
+  captions and every int8 scheme tried 75-89% (demo/precision_bench.py).
+transformers' assisted and prompt-lookup generation do the same, but not from inputs_embeds nor from a corpus.
 """
+import copy
+from collections import Counter, defaultdict
+
 import torch
 
 
@@ -35,11 +44,14 @@ class _Reader:
     """One LM reading one caption as it grows, with a KV cache it can take back: `logits[i]` are its
     next-token logits after the caption's first i tokens."""
 
-    def __init__(self, lm, prompt):
+    def __init__(self, lm, prompt, tokens=()):
+        """Reads the prompt embeddings [1, P, D] and the caption's first `tokens` in one pass."""
         self.lm = lm
-        output = lm(inputs_embeds=prompt.to(lm.get_input_embeddings().weight.dtype), use_cache=True,
-                    logits_to_keep=1)
-        self.cache, self.logits = output.past_key_values, [output.logits[0, -1]]
+        embed = lm.get_input_embeddings()
+        ids = torch.tensor([list(tokens)], dtype=torch.long, device=prompt.device)
+        inputs = torch.cat([prompt.to(embed.weight.dtype), embed(ids)], dim=1)
+        output = lm(inputs_embeds=inputs, use_cache=True, logits_to_keep=len(tokens) + 1)
+        self.cache, self.logits = output.past_key_values, list(output.logits[0])
 
     def read(self, tokens):
         """Read the tokens of `tokens` not read yet, all in one pass (one read of the weights for them all)."""
@@ -57,13 +69,77 @@ class _Reader:
             del self.logits[keep + 1:]
 
 
-def _propose(reader, tokens, rule, length, max_new_tokens):
-    """`tokens` continued greedily by the draft up to `length` tokens or the caption's end."""
-    proposal = list(tokens)
-    while len(proposal) < length and not rule.finished(proposal, max_new_tokens):
-        reader.read(proposal)
-        proposal.append(rule(proposal, reader.logits[len(proposal)]))
-    return proposal
+class ModelDraft:
+    """A reduced-precision copy of the LM as the draft: it writes greedily under the same rule."""
+
+    def __init__(self, lm):
+        self.lm = lm
+
+    def start(self, prompt):
+        return _ModelGuess(_Reader(self.lm, prompt))
+
+
+class _ModelGuess:
+    def __init__(self, reader):
+        self.reader = reader
+
+    def propose(self, tokens, rule, length, max_new_tokens):
+        """`tokens` continued greedily by the draft up to `length` tokens or the caption's end."""
+        proposal = list(tokens)
+        while len(proposal) < length and not rule.finished(proposal, max_new_tokens):
+            self.reader.read(proposal)
+            proposal.append(rule(proposal, self.reader.logits[len(proposal)]))
+        return proposal
+
+    def forget(self, keep):
+        self.reader.forget(keep)
+
+
+class PhraseDraft:
+    """Next tokens looked up in example sentences (token id lists, each ending in EOS): after the longest run of
+    the caption's last tokens (up to `order`) seen in them, the token that most often followed it there."""
+    START = -1  # stands before every sentence, so a caption's first tokens have a context too
+
+    def __init__(self, sentences, order=3):
+        self.order = order
+        counts = defaultdict(Counter)
+        for sentence in sentences:
+            padded = [self.START] * order + list(sentence)
+            for end in range(order, len(padded)):
+                for n in range(1, order + 1):
+                    counts[tuple(padded[end - n:end])][padded[end]] += 1
+        self.next = {context: counter.most_common(1)[0][0] for context, counter in counts.items()}
+        self.hint = {}
+
+    def hinted(self, sentence):
+        """This draft led by one expected sentence (token ids): where a context is in it, its tokens come first."""
+        led = copy.copy(self)
+        led.hint = PhraseDraft([sentence], self.order).next
+        return led
+
+    def start(self, prompt):
+        return self  # nothing to read: the lookup keeps no state between proposals
+
+    def propose(self, tokens, rule, length, max_new_tokens):
+        """`tokens` continued by lookup up to `length` tokens, the caption's end, or an unseen context."""
+        proposal = list(tokens)
+        while len(proposal) < length and not rule.finished(proposal, max_new_tokens):
+            following = self._lookup([self.START] * self.order + proposal)
+            if following is None:
+                break
+            proposal.append(following)
+        return proposal
+
+    def _lookup(self, padded):
+        for n in range(self.order, 0, -1):
+            for table in (self.hint, self.next):
+                following = table.get(tuple(padded[-n:]))
+                if following is not None:
+                    return following
+        return None
+
+    def forget(self, keep):
+        pass
 
 
 def _first_disagreement(check, proposal, start, rule):
@@ -77,14 +153,17 @@ def _first_disagreement(check, proposal, start, rule):
 
 @torch.no_grad()
 def checked_greedy(lm, draft, prompt, rule, max_new_tokens, lookahead=None):
-    """One caption's greedy token ids, those of `lm` (fp32), mostly written by `draft`: the draft proposes up
-    to `lookahead` tokens (default: the rest of the caption), `lm` reads them in one pass. `prompt` is the
+    """One caption's greedy token ids, those of `lm` (fp32), mostly written by `draft` (a ModelDraft or
+    PhraseDraft): the draft proposes up to `lookahead` tokens (default: the rest of the caption), `lm` reads them in one pass. `prompt` is the
     [1, P, D] prompt embeddings. Returns (token ids, passes of `lm` over the caption)."""
-    check, guess = _Reader(lm, prompt), _Reader(draft, prompt)
+    guess, check = draft.start(prompt), None
     tokens, passes = [], 0
     while not rule.finished(tokens, max_new_tokens):
-        proposal = _propose(guess, tokens, rule, len(tokens) + (lookahead or max_new_tokens), max_new_tokens)
-        check.read(proposal)
+        proposal = guess.propose(tokens, rule, len(tokens) + (lookahead or max_new_tokens), max_new_tokens)
+        if check is None:  # the prompt and the first proposal in one pass
+            check = _Reader(lm, prompt, proposal)
+        else:
+            check.read(proposal)
         passes += 1
         wrong, choice = _first_disagreement(check, proposal, len(tokens), rule)
         if wrong is not None:

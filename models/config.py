@@ -76,6 +76,9 @@ class GenerationOptions:
                                           "repeats a token pair); 3 suits free-form captions; 0 = off")
     constrained: bool = option(False, "write only sentences the knowledge base's summarizer could write: defect "
                                       "phrases from the knowledge base, each at most once")
+    phrase_draft: bool = option(True, "greedy caption of one photo: phrases of the knowledge base's sentences "
+                                      "are proposed several tokens at a time and the LM checks them in one pass "
+                                      "(the LM's own caption, fewer passes); off = one pass per token")
     prefix_text: str = option(None, "the caption's first words, which the LM continues (shown as part of the "
                                     "caption; default: none, the bundle's own prompt)")
     seed: int = option(None, "seed for sampling (default: a new one each time; the one drawn is reported)",

@@ -67,6 +67,17 @@ class CaptionGrammar:
                 raise ValueError(f"constrained decoding: this tokenizer splits {sentence!r} differently from its "
                                  "parts; turn constrained decoding off for this LM")
 
+    def example_sentences(self):
+        """Token ids (EOS last) of sentences covering every piece and every way pieces follow each other: each
+        opening with each phrase of its kind, and each defect phrase listed before the next ones."""
+        texts = [f"{text} {phrase}." for text, mode in self.openings.items()
+                 for phrase in (self.healthy if mode == "healthy" else self.defects)]
+        start = opening(self.knowledge.domain, "defect")
+        for i in range(len(self.defects)):
+            following = [self.defects[(i + j) % len(self.defects)] for j in range(self.max_defects)]
+            texts += [f"{start} {join_phrases(following[:count])}." for count in range(2, len(following) + 1)]
+        return [self._encode(text) + (self.eos,) for text in texts]
+
     def accepts(self, token_ids):
         """Whether these tokens are a whole sentence of the grammar, EOS included."""
         return any(state.slot == "done" for state, _ in self._walk(token_ids, self._start()))

@@ -352,10 +352,26 @@ class Explainer:
         with _eval_mode(self.model):
             if separate_passes:
                 return self._explain_separately(pixel_values, target, method)
-            features, recorded = self._record(pixel_values, method)
-            leaf = features.detach().requires_grad_()
-            feature_grads = _vector_jacobians(target(leaf), [leaf])[0]
-            return method.maps(recorded, method.gradients(self, features, recorded, feature_grads)).detach()
+            return self._maps(*self._record(pixel_values, method), target, method)
+
+    @_autograd_on()
+    def explain_each(self, pixel_values, targets_for, method="gradcam"):
+        """Several images [T, 3, S, S] whose targets depend on all of their embeddings (the tiles view takes the
+        top-k of all tiles together): one recorded forward per image, then `targets_for` (the T embeddings
+        [1, D]) gives one target per image, then one batched backward per image. Returns T maps [k, g, g]."""
+        method = get_method(method)
+        pixel_values = pixel_values.detach().clone().to(self.model.logit_scale.device)
+        with _eval_mode(self.model):
+            passes = [self._record(pixel_values[i:i + 1], method) for i in range(len(pixel_values))]
+            targets = targets_for([features.detach() for features, _ in passes])
+            return [self._maps(features, recorded, target, method)
+                    for (features, recorded), target in zip(passes, targets)]
+
+    def _maps(self, features, recorded, target, method):
+        """The k scores' gradients w.r.t. the embedding, then one backward batched over k into the ViT."""
+        leaf = features.detach().requires_grad_()
+        feature_grads = _vector_jacobians(target(leaf), [leaf])[0]
+        return method.maps(recorded, method.gradients(self, features, recorded, feature_grads)).detach()
 
     def _explain_separately(self, pixel_values, target, method):
         maps, count, index = [], 1, 0

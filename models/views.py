@@ -86,30 +86,40 @@ def _explain_photo(clip, picture, prompts, healthy, k, method, view, tile_side, 
     return PhotoExplanation(found, extra_maps, "tiles" if view == "tiles" else view, 1, probs)
 
 
+class _TileChoice:
+    """From every tile's embedding: the top-k prompts of the aggregate, the most defective tile, and one _Pass per
+    tile for those prompts, the extra target only on that tile (the caption is written from it)."""
+
+    def __init__(self, explainer, text_features, healthy, k, method, extra):
+        self.explainer, self.text_features, self.healthy = explainer, text_features, healthy
+        self.k, self.method, self.extra = k, method, extra
+
+    def __call__(self, embeddings):
+        logits = self.explainer.logit_scale * torch.cat(embeddings) @ self.text_features.T
+        self.tile_probs = logits.softmax(-1).float().cpu().numpy()
+        self.merged = tiling.aggregate(self.tile_probs, self.healthy)
+        self.indices = np.argsort(-self.merged, kind="stable")[:self.k]
+        self.tile = tiling.most_defective(self.tile_probs, self.healthy)
+        self.passes = [_Pass(self.explainer, self.text_features, self.k, self.method,
+                             self.extra if index == self.tile else None, torch.as_tensor(self.indices))
+                       for index in range(len(embeddings))]
+        return self.passes
+
+
 def _tiles(clip, explainer, picture, boxes, text_features, prompts, healthy, k, method, extra):
-    """A no-grad pass over all tiles picks the top-k of the aggregate and the most defective tile; then one
-    explanation pass per tile, the extra target only on that tile (the caption is written from it)."""
+    """One recorded forward per tile, the choice made from all of them (_TileChoice), then each tile's backward."""
+    choice = _TileChoice(explainer, text_features, healthy, k, method, extra)
     pixels = clip.preprocess([picture.crop(box) for box in boxes])
-    with torch.no_grad():
-        tile_probs = (explainer.logit_scale * explainer.image_features(pixels) @ text_features.T).softmax(-1)
-    tile_probs = tile_probs.float().cpu().numpy()
-    merged = tiling.aggregate(tile_probs, healthy)
-    indices = np.argsort(-merged, kind="stable")[:k]
-    chosen = tiling.most_defective(tile_probs, healthy)
-    tile_maps, extra_maps, embedding = [], None, None
-    for index in range(len(boxes)):
-        one = _Pass(explainer, text_features, k, method, extra if index == chosen else None, torch.as_tensor(indices))
-        maps, extras = _split(one.run(pixels[index:index + 1]), k)
-        tile_maps.append(maps)
-        if index == chosen:
-            embedding, extra_maps = one.embedding, extras
+    tile_maps, extras = zip(*(_split(maps, k) for maps in explainer.explain_each(pixels, choice, method)))
+    embedding, extra_maps = choice.passes[choice.tile].embedding, extras[choice.tile]
+    tile_probs, merged, indices = choice.tile_probs, choice.merged, choice.indices
     weights = tile_probs[:, indices] / np.maximum(tile_probs[:, indices].max(axis=0), 1e-12)
     maps = tiling.stitch(np.stack(tile_maps), boxes, picture.size, weights)
     if extra_maps is not None:
         only_chosen = np.zeros((len(boxes), len(extra_maps)), np.float32)
-        only_chosen[chosen] = 1.0
+        only_chosen[choice.tile] = 1.0
         stacked = np.zeros((len(boxes), *extra_maps.shape), np.float32)
-        stacked[chosen] = extra_maps
+        stacked[choice.tile] = extra_maps
         extra_maps = tiling.stitch(stacked, boxes, picture.size, only_chosen)
     found = Explanation([prompts[i] for i in indices], merged[indices].tolist(), maps,
                         (0, 0, *picture.size), picture.size, method.name, embedding)

@@ -13,7 +13,7 @@ from torch import nn
 
 from models.clip import CLIPW
 from models.config import PRECISIONS, CaptionerConfig, GenerationOptions
-from models.checked import GreedyRule, checked_greedy
+from models.checked import GreedyRule, ModelDraft, PhraseDraft, checked_greedy
 from models.lm import draft_lm, load_lm, set_trainable
 from models.mapper import build_mapper
 from models.verdict import BUNDLE_FILES
@@ -119,9 +119,12 @@ class ClipCaptioner(nn.Module):
         if embeddings is None:
             embeddings = self.clip.encode_images(images)
         prompt = self._prompt_embeddings(embeddings, options.prefix_text)
-        if self._checks_draft(options):
-            ids = [checked_greedy(self.lm, self.draft_lm, row[None], self._greedy_rule(options),
-                                  options.max_new_tokens)[0] for row in prompt]
+        draft = self._draft(options, len(prompt))
+        if draft is not None:
+            if isinstance(draft, PhraseDraft):
+                draft = draft.hinted(self._auto_label(embeddings))
+            ids = [checked_greedy(self.lm, draft, row[None], self._greedy_rule(options), options.max_new_tokens)[0]
+                   for row in prompt]
         else:
             with _seeded_global_rng(options.seed, self.device) if options.sampling else nullcontext():
                 ids = self.lm.generate(inputs_embeds=prompt, attention_mask=torch.ones(prompt.shape[:2], device=self.device),
@@ -131,11 +134,40 @@ class ClipCaptioner(nn.Module):
             ids = [start + row for row in ids]
         return [_clean(text) for text in self.tokenizer.batch_decode(ids, skip_special_tokens=True)]
 
-    def _checks_draft(self, options):
-        """Greedy captions come from the draft checked by the fp32 LM; sampling, beams and the repetition
-        penalty (whose rules the check does not replay) from the fp32 LM alone."""
-        return (self.draft_lm is not None and not options.sampling and options.num_beams == 1
-                and options.repetition_penalty == 1.0)
+    def _draft(self, options, rows):
+        """What drafts greedy captions for the fp32 LM to check (models/checked.py): the reduced-precision copy
+        when there is one, else the knowledge base's sentences for a single caption (a batch is cheaper written
+        together, token by token); None for sampling, beams and the repetition penalty (whose rules the check
+        does not replay), which the fp32 LM writes alone."""
+        if options.sampling or options.num_beams != 1 or options.repetition_penalty != 1.0:
+            return None
+        if self.draft_lm is not None:
+            return ModelDraft(self.draft_lm)
+        return self._phrase_draft if options.phrase_draft and rows == 1 else None
+
+    def _auto_label(self, embedding):
+        """Token ids (EOS last) of the caption train/label.py would write for one CLIP embedding [1, D]: the
+        summary of its top-3 knowledge-base prompts, naming CLIP's likeliest kind."""
+        from utils.summarizer import summarize
+
+        knowledge = self._grammar.knowledge
+        with torch.no_grad():
+            probs = self.clip.probabilities(embedding.float(), knowledge.sentences())[0]
+            kinds = self.clip.logits(embedding.float(), knowledge.kind_sentences())[0] if knowledge.kinds else None
+        values, indices = probs.topk(min(3, len(probs)))
+        kind = None if kinds is None else knowledge.kinds[int(kinds.argmax())]
+        text = summarize([(knowledge.prompts[i], p) for i, p in zip(indices.tolist(), values.tolist())], knowledge,
+                         kind=kind)
+        return self.tokenizer(text, add_special_tokens=False).input_ids + [self.tokenizer.eos_token_id]
+
+    @functools.cached_property
+    def _phrase_draft(self):
+        """A PhraseDraft over the sentences the knowledge base's summarizer writes; None where constrained
+        decoding's grammar does not fit this tokenizer."""
+        try:
+            return PhraseDraft(self._grammar.example_sentences())
+        except ValueError:
+            return None
 
     def _greedy_rule(self, options):
         """What generate() would do to each greedy step's logits under these options (models/checked.py)."""

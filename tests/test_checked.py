@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from conftest import make_tiny_captioner
-from models.checked import checked_greedy
+from models.checked import GreedyRule, ModelDraft, PhraseDraft, checked_greedy
 from models.config import GenerationOptions, add_inference_arguments
 from models.explain import Explainer
 
@@ -41,10 +41,40 @@ def test_the_check_corrects_a_wrong_draft_in_few_passes():
     options = GenerationOptions(max_new_tokens=12, no_repeat_ngram_size=0, min_new_tokens=12)
     prompt = captioner._prompt_embeddings(torch.randn(1, captioner.clip.embed_dim))
     rule = captioner._greedy_rule(options)
-    own, passes = checked_greedy(captioner.lm, captioner.lm, prompt, rule, 12)
+    own, passes = checked_greedy(captioner.lm, ModelDraft(captioner.lm), prompt, rule, 12)
     assert passes == 1 and len(own) == 12  # a draft that is the LM itself: every token kept in one pass
-    wrong, passes = checked_greedy(captioner.lm, _noisy_copy(captioner.lm, 2.0), prompt, rule, 12)
+    wrong, passes = checked_greedy(captioner.lm, ModelDraft(_noisy_copy(captioner.lm, 2.0)), prompt, rule, 12)
     assert wrong == own and 1 < passes <= 12  # each pass keeps at least the checking LM's own next token
+
+
+def test_phrase_draft_looks_up_the_likeliest_continuation_and_follows_its_hint_first():
+    rule = GreedyRule([], stops=[9])
+    draft = PhraseDraft([[1, 2, 3, 9], [1, 2, 4, 9], [1, 2, 4, 9], [5, 2, 3, 9]])
+    assert draft.propose([], rule, 10, 10) == [1, 2, 4, 9]  # 4 followed "1 2" twice, 3 once
+    assert draft.propose([6, 2], rule, 10, 10) == [6, 2, 3, 9]  # "6 2" unseen: after "2" alone, 3 and 4 tie
+    assert draft.propose([7], rule, 10, 10) == [7]  # an unseen context proposes nothing
+    assert draft.propose([], rule, 2, 10) == [1, 2]  # no longer than asked
+    assert draft.hinted([1, 2, 3, 9]).propose([], rule, 10, 10) == [1, 2, 3, 9]
+    assert draft.hinted([1, 2, 3, 9]).propose([5, 2], rule, 10, 10) == [5, 2, 3, 9]  # the hint first, at any order
+
+
+@pytest.mark.parametrize("lm_kind", ["opt", "llama"])
+def test_phrase_drafted_captions_are_the_lms_own_in_fewer_passes(lm_kind):
+    captioner = make_tiny_captioner(lm_kind)
+    options = GenerationOptions(max_new_tokens=12, min_new_tokens=6, no_repeat_ngram_size=0)
+    embedding = torch.randn(1, captioner.clip.embed_dim, generator=torch.Generator().manual_seed(1))
+    prompt, rule = captioner._prompt_embeddings(embedding), captioner._greedy_rule(options)
+    own, _ = checked_greedy(captioner.lm, ModelDraft(captioner.lm), prompt, rule, 12)  # the LM's greedy tokens
+    unrelated = PhraseDraft([[5, 6, 7, 8], [own[0], 3, 3]])  # right once at most: still the LM's caption
+    tokens, passes = checked_greedy(captioner.lm, unrelated, prompt, rule, 12)
+    assert tokens == own and passes >= len(own) - 1
+    tokens, passes = checked_greedy(captioner.lm, unrelated.hinted(own), prompt, rule, 12)
+    assert tokens == own and passes == 1  # a hint that is the caption: one pass
+    assert captioner._phrase_draft is not None  # the fruit knowledge base's sentences, in the tiny tokenizer
+    for seed in range(3):
+        embedding = torch.randn(1, captioner.clip.embed_dim, generator=torch.Generator().manual_seed(seed))
+        assert (captioner.generate(embeddings=embedding, max_new_tokens=12) ==
+                captioner.generate(embeddings=embedding, max_new_tokens=12, phrase_draft=False))
 
 
 def test_reduced_precisions_add_a_draft_and_keep_the_fp32_lm():
