@@ -125,6 +125,21 @@ def test_mismatched_manifests_are_refused(tmp_path, models_dir, straight_run):
         train_script.train([data], tmp_path / "out", clip="some/other-clip", lm=str(models_dir / "lm"), **FAST)
 
 
+def test_a_copied_clip_is_the_same_model_and_other_weights_are_not(tmp_path):
+    from utils.training_data import same_model
+
+    original, copied, other, empty = (tmp_path / name for name in ("clip", "renamed", "other", "empty"))
+    for directory, weights in ((original, b"weights"), (copied, b"weights"), (other, b"weight5")):
+        directory.mkdir()
+        (directory / "model.safetensors").write_bytes(weights)
+        (directory / "config.json").write_text(f'{{"name": "{directory.name}"}}')  # configs may differ
+    empty.mkdir()
+    assert same_model(str(original), str(copied)) and same_model(str(original), str(original / ".." / "clip"))
+    assert not same_model(str(original), str(other))
+    assert not same_model(str(empty), str(tmp_path / "empty2")) and same_model(str(empty), str(empty))
+    assert not same_model(str(original), "openai/clip-vit-base-patch32")
+
+
 def test_every_flag_is_documented_and_every_option_has_a_flag():
     parser = train_script.build_parser()
     undocumented = [a.dest for a in parser._actions if not a.help]

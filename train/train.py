@@ -38,7 +38,8 @@ class TrainOptions:
     model: CaptionerConfig = option(CaptionerConfig(), "models")
     clip: str = option("", "CLIP hub id or directory (default: the datasets' manifest CLIP, the model that "
                            "computed the embeddings)")
-    allow_clip_mismatch: bool = option(False, "accept a --clip named differently from the manifest's")
+    allow_clip_mismatch: bool = option(False, "accept a --clip other than the manifest's (a directory holding "
+                                              "the same weights is accepted anyway)")
     knowledge: str = option("", "knowledge base the bundle uses (name or file; default: the manifest's; "
                                 "its hash must match the datasets')")
     init_from: str = option("", "start from this bundle's mapper and model settings (same CLIP, frozen LM) and "
@@ -207,8 +208,8 @@ def build_captioner(opts, data, device):
         raise ValueError("the manifest names no CLIP; pass --clip")
     if opts.clip and not same_model(opts.clip, data.manifest.get("clip")) and not opts.allow_clip_mismatch:
         raise ValueError(f"--clip {opts.clip!r} is not the CLIP the datasets were labeled with "
-                         f"({data.manifest.get('clip')!r}); pass --allow-clip-mismatch if it is the same model "
-                         "under another name")
+                         f"({data.manifest.get('clip')!r}; a directory with the same weights would count as it); pass "
+                         "--allow-clip-mismatch if it is the same model anyway")
     model = read_config(opts.init_from) if opts.init_from else opts.model
     config = dataclasses.replace(model, clip=local_or_id(clip), lm=local_or_id(model.lm),
                                  knowledge=dataset_knowledge(opts.knowledge, data.manifest))

@@ -80,12 +80,27 @@ def check_manifest(manifest, reference, directory, reference_dir):
 
 
 def same_model(a, b):
-    """The same hub id, or two spellings of one local directory."""
+    """The same hub id, two spellings of one local directory, or two local directories holding the same weights
+    (a copied or renamed CLIP)."""
     if a == b:
         return True
-    if a and b and Path(a).exists() and Path(b).exists():
-        return Path(a).resolve() == Path(b).resolve()
+    if a and b and Path(a).is_dir() and Path(b).is_dir():
+        return Path(a).resolve() == Path(b).resolve() or _weights_digest(a) == _weights_digest(b) != ""
     return False
+
+
+def _weights_digest(directory):
+    """sha256 over a model directory's weight files (name and bytes); "" when it has none."""
+    import hashlib
+
+    digest, files = hashlib.sha256(), sorted(p for p in Path(directory).iterdir()
+                                             if p.suffix in (".safetensors", ".bin") and p.is_file())
+    for path in files:
+        digest.update(path.name.encode())
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest() if files else ""
 
 
 def split_indices(data, val_fraction, seed):
