@@ -56,7 +56,7 @@ class _Pass:
         return self.explainer.explain(pixel_values, self, self.method)
 
 
-def explain_photo(clip, picture, prompts, healthy, k=5, method="gradcam", view="tiles", tile_side=0, extra=None):
+def explain_photo(clip, picture, prompts, healthy, k=5, method="relevancy", view="tiles", tile_side=0, extra=None):
     """Top-k prompts of a loaded photo, a map each in the photo's coordinates, and the extra target's maps.
     `healthy` [P] marks the healthy prompts (tiles: a defect seen in any tile counts)."""
     with torch.inference_mode(False), torch.enable_grad():  # the caller may be under no_grad / inference_mode
