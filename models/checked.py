@@ -154,8 +154,8 @@ def _first_disagreement(check, proposal, start, rule):
 @torch.no_grad()
 def checked_greedy(lm, draft, prompt, rule, max_new_tokens, lookahead=None):
     """One caption's greedy token ids, those of `lm` (fp32), mostly written by `draft` (a ModelDraft or
-    PhraseDraft): the draft proposes up to `lookahead` tokens (default: the rest of the caption), `lm` reads them in one pass. `prompt` is the
-    [1, P, D] prompt embeddings. Returns (token ids, passes of `lm` over the caption)."""
+    PhraseDraft): the draft proposes up to `lookahead` tokens (default: the rest of the caption), `lm` reads
+    them in one pass. `prompt` is the [1, P, D] prompt embeddings. Returns (token ids, passes of `lm`)."""
     guess, check = draft.start(prompt), None
     tokens, passes = [], 0
     while not rule.finished(tokens, max_new_tokens):
