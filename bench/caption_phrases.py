@@ -1,11 +1,12 @@
 """The caption explained and the whole photo, measured on a bundle (default the demo's) over a held-out world.
 
-    python bench/caption_phrases.py --bundle checkpoints/demo --n 40 --seed 7 --repeats 3
+    python bench/caption_phrases.py --bundle checkpoints/demo --n 40 --seed 7 --repeats 3 --strips 20
 
 Prints: (1) strict pointing of the caption's defect-phrase maps (the map's peak pixel inside the true mask of
 the defect the phrase names, dilated by half a patch) beside the chance of a random peak and the whole-caption
 map's; (2) a wide strip of healthy items with one defective item at the right end, in the tiles and center
-views: the verdict, the top description and whether its map's peak lands on that item; (3) the Inspect cost
+views: the verdict, the top description and whether its map's peak lands on that item, then the same over
+--strips strips of other seeds (one strip is a coin flip); (3) the Inspect cost
 with and without caption maps. Asserts nothing about speed.
 """
 import argparse
@@ -84,6 +85,23 @@ def strip_test(inspector, seed):
               f"caption '{found.caption}'")
 
 
+def strips(inspector, seed, count):
+    """The strip over `count` seeds (one strip is a coin flip): the share judged defective (fail), whose top
+    description is a true defect of the item, and whose top map peaks on the item; chance for a peak: 1/6."""
+    failed, named, landed = [], [], []
+    for index in range(count):
+        picture, (start, end), defects = strip(seed + index)
+        found = inspector.inspect(picture, caption_map=False)
+        full = map_to_image(found.maps[0], picture.size, region=found.region)
+        peak_x = int(np.unravel_index(np.nanargmax(full), full.shape)[1])
+        failed.append(found.verdict.decision == "fail")
+        named.append(found.top_k[0][0].id in defects)
+        landed.append(start <= peak_x < end)
+    print(f"strips of seeds {seed}-{seed + count - 1} (tiles view): judged defective {np.mean(failed):.2f}, top "
+          f"description a true defect {np.mean(named):.2f}, top map's peak on the defective item {np.mean(landed):.2f} "
+          f"(random peak: {1 / 6:.2f}), both {np.mean(np.logical_and(named, landed)):.2f}")
+
+
 def cost(inspector, seed, repeats):
     """Median ms of one Inspect with and without caption maps (greedy captions; interleaved runs)."""
     pictures = [render_sample(item_rng(seed, i)).image for i in range(3)]
@@ -105,13 +123,17 @@ def main(argv=None):
     parser.add_argument("--bundle", default="checkpoints/demo")
     parser.add_argument("--n", type=int, default=40, help="held-out world images drawn (healthy ones skipped)")
     parser.add_argument("--seed", type=int, default=7, help="held-out world seed")
-    parser.add_argument("--repeats", type=int, default=3, help="timing rounds over 3 images")
+    parser.add_argument("--repeats", type=int, default=3, help="timing rounds over 3 images (0: no timing)")
+    parser.add_argument("--strips", type=int, default=20, help="strips measured, of seeds from --seed on")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
     inspector = Inspector.load(args.bundle, device=args.device)
     pointing(inspector, args.n, args.seed)
     strip_test(inspector, args.seed)
-    cost(inspector, args.seed, args.repeats)
+    if args.strips:
+        strips(inspector, args.seed, args.strips)
+    if args.repeats:
+        cost(inspector, args.seed, args.repeats)
 
 
 if __name__ == "__main__":
