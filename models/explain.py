@@ -16,7 +16,6 @@ import numpy as np
 import torch
 
 from models.clip import pooled
-from utils.images import center_crop_box, load_image
 
 TARGETS = ("logit", "contrastive", "clip_es")
 
@@ -461,32 +460,3 @@ class Explanation:
         weights = np.asarray(self.probs, dtype=np.float32)[:, None, None]
         combined = (weights * self.maps).sum(axis=0)
         return combined / combined.max() if combined.max() > 0 else combined
-
-
-@_autograd_on()
-def explain_image(clip, image, prompts, k=5, method="gradcam", block=-2):
-    """Top-k prompts for one image and a map for each, all from one forward pass through CLIP.
-
-    `clip` is a CLIPW; `image` anything utils.images.load_image reads (path, bytes, PIL, array);
-    `method` a name from METHODS.
-    """
-    method = get_method(method)
-    picture = load_image(image)
-    explainer = Explainer(clip, block)
-    text_features = explainer.text_features(prompts)
-    k = min(k, len(prompts))
-    chosen = {}
-
-    def top_k_target(features):
-        logits = explainer.logit_scale * features[0] @ text_features.T
-        chosen["probs"], chosen["indices"] = logits.detach().softmax(-1).topk(k)
-        chosen["embedding"] = features.detach()
-        scores = logits.log_softmax(-1) if method.target == "contrastive" else logits
-        return scores[chosen["indices"]]
-
-    maps = explainer.explain(clip.preprocess(picture), top_k_target, method)
-    return Explanation(
-        prompts=[prompts[i] for i in chosen["indices"].tolist()], probs=chosen["probs"].tolist(),
-        maps=maps.cpu().numpy().astype(np.float32), crop_box=center_crop_box(*picture.size),
-        image_size=picture.size, method=method.name, embedding=chosen["embedding"],
-    )

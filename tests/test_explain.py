@@ -7,9 +7,10 @@ from PIL import Image
 from transformers import CLIPConfig, CLIPModel
 
 from conftest import PROMPTS, make_tiny_captioner
-from models.lm import quantize_int8
-from models.explain import (METHODS, Explainer, Explanation, clip_es_scores, explain_image, gradcam_maps,
+from models.explain import (METHODS, Explainer, Explanation, clip_es_scores, gradcam_maps,
                             legrad_maps, normalize_maps, token_log_probs, tokens_to_grid, word_log_probs)
+from models.lm import quantize_int8
+from models.views import explain_photo
 
 GRID, PATCH = 4, 4
 RED_PATCH, GREEN_PATCH = (1, 2), (3, 0)  # (row, column) on the 4 x 4 grid
@@ -201,10 +202,15 @@ def test_normalize_guards_flat_maps():
     assert maps[2].min() == 0 and maps[2].max() == 1
 
 
-def test_explain_image_returns_top_k_with_maps(tiny_clip):
+def _center(clip, image, k=3, method="relevancy"):
+    """The center view of one photo: CLIP's own crop, as explanations were before tiles."""
+    return explain_photo(clip, image, PROMPTS, [False] * len(PROMPTS), k=k, method=method, view="center").explanation
+
+
+def test_the_center_view_returns_top_k_with_maps(tiny_clip):
     image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 60, 3), dtype=np.uint8))
     for method in ("gradcam", "gradcam_contrastive", "relevancy"):
-        result = explain_image(tiny_clip, image, PROMPTS, k=3, method=method)
+        result = _center(tiny_clip, image, method=method)
         assert isinstance(result, Explanation) and result.method == method
         expected = [prompt for prompt, _ in tiny_clip.top_k(image, PROMPTS, 3)]
         assert result.prompts == expected
@@ -213,10 +219,10 @@ def test_explain_image_returns_top_k_with_maps(tiny_clip):
         assert result.crop_box == (10, 0, 50, 40) and result.image_size == (60, 40)
         assert result.combined.shape == (4, 4) and result.combined.max() == pytest.approx(1.0)
     with torch.inference_mode():  # the app may call it from inside inference mode
-        again = explain_image(tiny_clip, image, PROMPTS, k=3, method="relevancy")
+        again = _center(tiny_clip, image)
     assert np.allclose(again.maps, result.maps, atol=1e-6)
     with pytest.raises(ValueError):
-        explain_image(tiny_clip, image, PROMPTS, method="saliency")
+        _center(tiny_clip, image, method="saliency")
 
 
 class LinearCaptioner:

@@ -191,7 +191,7 @@ def test_script_reports_bad_folders(tmp_path, capsys):
 
 
 def test_symmetric_views_are_saved_and_make_the_embedding_turn_invariant(clip_dir, tmp_path):
-    from models.explain import explain_image
+    from models.views import explain_photo
 
     clip = CLIPW.from_pretrained(clip_dir, device="cpu")
     pixels = torch.randn(2, 3, 32, 32)
@@ -201,7 +201,7 @@ def test_symmetric_views_are_saved_and_make_the_embedding_turn_invariant(clip_di
     assert torch.allclose(clip.encode_images(pixels), clip.encode_images(turned), atol=1e-5)
     clip.save_pretrained(tmp_path / "eight")
     assert CLIPW.from_pretrained(tmp_path / "eight", device="cpu").views == 8
-    found = explain_image(clip, Image.new("RGB", (40, 40), "gray"), ["a", "b", "c"], k=2, method="relevancy")
+    found = explain_photo(clip, Image.new("RGB", (40, 40), "gray"), ["a", "b", "c"], [False] * 3, k=2).explanation
     assert found.maps.shape == (2, 4, 4)
     (tmp_path / "eight" / "inference.json").write_text('{"views": 3}')
     with pytest.raises(ValueError, match="inference.json"):

@@ -6,8 +6,8 @@ from PIL import Image
 from conftest import PROMPTS, make_tiny_captioner
 from models.clip import CLIPW, make_word_tokenizer, tiny_clip_config
 from models.config import GenerationOptions
-from models.explain import explain_image
 from models.inspector import Inspector
+from models.views import explain_photo
 from utils.images import ImageLoadError
 from utils.knowledge import load_knowledge
 
@@ -64,6 +64,7 @@ def test_caption_reuses_the_explain_pass_embedding_faithfully(method):
                                                                         caption_map=False, generation=generation,
                                                                         view="center")
     encoded = captioner.clip.encode_images([photo(seed=5)])
-    explained = explain_image(captioner.clip, photo(seed=5), PROMPTS, k=2, method=method).embedding
+    explained = explain_photo(captioner.clip, photo(seed=5), PROMPTS, [False] * len(PROMPTS), k=2, method=method,
+                              view="center").explanation.embedding
     torch.testing.assert_close(explained, encoded)  # close, not bitwise: the explain pass runs with autograd
     assert inspection.caption == captioner.generate(embeddings=encoded, options=generation)[0]

@@ -4,7 +4,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from PIL import Image
 
 from conftest import smooth_photo
 from models.clip import CLIPW, make_word_tokenizer, tiny_clip_config
