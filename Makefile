@@ -55,7 +55,7 @@ elpv: $(VENV)/installed | $(DEMO)/config.json
 	$(UV) pip install -q --python $(PY) elpv-dataset==1.0.0.post1
 	$(PY) train/importers.py elpv --out $(ELPV_WORK)/cells
 	$(PY) train/finetune_clip.py --images $(ELPV_WORK)/cells/train --out $(ELPV_WORK)/clip --clip $(DEMO)/clip \
-		--knowledge solar_cell --class-map $(ELPV_WORK)/cells/class_map.yaml --views 8 --phase2-epochs 10
+		--knowledge solar_cell --class-map $(ELPV_WORK)/cells/class_map.yaml --views 8 --phase2-epochs 25
 	$(PY) train/label.py --images $(ELPV_WORK)/cells/train --out $(ELPV_WORK)/labels --clip $(ELPV_WORK)/clip \
 		--knowledge solar_cell --top-k 3 --workers 0
 	$(PY) train/label.py --images $(ELPV_WORK)/cells/test --out $(ELPV_WORK)/labels-test \

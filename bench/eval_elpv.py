@@ -31,17 +31,39 @@ def main(argv=None):
     parser.add_argument("--explain", type=int, default=24, help="defective cells to explain, 0: none (default: %(default)s)")
     parser.add_argument("--steps", type=int, default=8, help="points on each deletion/insertion curve (default: "
                                                             "%(default)s)")
-    parser.add_argument("--out", help="also write the figures to this JSON file")
+    parser.add_argument("--out", help="also write the figures to this JSON file; when it holds the figures of "
+                                      "the same inputs, they are printed again instead of recomputed")
+    parser.add_argument("--force", action="store_true", help="recompute even when --out holds these inputs' figures")
     args = parser.parse_args(argv)
     if args.bundle and not args.labels:
         parser.error("--bundle needs --labels")
+    from utils.files import read_json, write_json
+
+    inputs = inputs_digest(args)
+    stored = read_json(Path(args.out)) if args.out and not args.force else None
+    if stored is not None and stored.get("inputs") == inputs:
+        print(report(stored) + f"\n(as computed before: {args.out}, same inputs; --force recomputes)")
+        return
     started, cpu = time.perf_counter(), time.process_time()
     figures = evaluate(args)
     figures["seconds"], figures["cpu_seconds"] = time.perf_counter() - started, time.process_time() - cpu
+    figures["inputs"] = inputs
     print(report(figures))
     if args.out:
-        from utils.files import write_json
         write_json(args.out, figures)
+
+
+def inputs_digest(args):
+    """A digest of the options and of every input file's bytes (not times: `make elpv` copies the bundle
+    anew on every run), so a finished evaluation is skipped only when nothing it reads has changed."""
+    import hashlib
+
+    digest = hashlib.sha256(json.dumps([bool(args.bundle), bool(args.labels), args.explain, args.steps]).encode())
+    folders = [folder for folder in (args.bundle, args.clip, args.labels) if folder]
+    for path in [Path(args.cells) / "labels.csv"] + [p for f in folders for p in sorted(Path(f).rglob("*"))]:
+        if path.is_file():
+            digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def held_out(cells):

@@ -147,3 +147,32 @@ def jitter_brightness_contrast(pixels, generator, amount, mean, std):
     average = images.mean(dim=(1, 2, 3), keepdim=True)
     images = ((average + (images - average) * factor()) * factor()).clamp(0, 1)
     return (images - mean) / std
+
+
+def resize_input(clip, image_size):
+    """Let a CLIP see larger (or smaller) images with the same patch size: its position embeddings are
+    interpolated over the new patch grid (bicubic, as ViT fine-tuning does) and its processor resizes to the
+    new size, so the saved directory loads at that size everywhere. A CLIP of that size is left alone."""
+    vision = clip.model.vision_model.embeddings
+    if image_size == vision.image_size:
+        return
+    if image_size % vision.patch_size or image_size < vision.patch_size:
+        raise ValueError(f"image size {image_size} must be a positive multiple of the patch size {vision.patch_size}")
+    old, new = vision.image_size // vision.patch_size, image_size // vision.patch_size
+    weight = vision.position_embedding.weight.data
+    grid = weight[1:].reshape(1, old, old, -1).permute(0, 3, 1, 2)
+    grid = F.interpolate(grid, size=(new, new), mode="bicubic", align_corners=False).permute(0, 2, 3, 1)
+    vision.position_embedding = torch.nn.Embedding(new * new + 1, weight.shape[1]).to(weight.device)
+    vision.position_embedding.weight.data = torch.cat([weight[:1], grid.reshape(new * new, -1)])
+    vision.register_buffer("position_ids", torch.arange(new * new + 1, device=weight.device)[None], persistent=False)
+    vision.image_size, vision.num_patches, vision.num_positions = image_size, new * new, new * new + 1
+    vision.config.image_size = clip.model.config.vision_config.image_size = image_size
+    clip.processor.size = {"shortest_edge": image_size}
+    clip.processor.crop_size = {"height": image_size, "width": image_size}
+
+
+def class_weights(classes, power, num_classes):
+    """[num_classes] loss weights (N / (C * n_class)) ** power from the training images' classes: 0 leaves
+    the classes as they come, 1 weighs every class as much in all (rare defect levels as much as common)."""
+    counts = torch.bincount(classes, minlength=num_classes).float()
+    return (counts.sum() / ((counts > 0).sum() * counts.clamp(min=1))) ** power

@@ -232,3 +232,40 @@ def test_a_class_with_no_readable_image_is_named(clip_dir, cells, knowledge_file
     with pytest.warns(UserWarning, match="could not be read"), pytest.raises(ValueError, match="class folder.*crack"):
         finetune.finetune_clip(cells, tmp_path / "tuned", clip=str(clip_dir), knowledge=knowledge_file, **FAST)
     assert not (tmp_path / "tuned").exists()
+
+
+def test_input_size_interpolates_the_position_embeddings_and_is_saved(clip_dir, cells, knowledge_file, tmp_path):
+    from models.clip_training import resize_input
+
+    clip = CLIPW.from_pretrained(clip_dir, device="cpu")
+    before = clip.model.vision_model.embeddings.position_embedding.weight.detach().clone()
+    resize_input(clip, 48)
+    after = clip.model.vision_model.embeddings.position_embedding.weight.detach()
+    assert after.shape == (6 * 6 + 1, before.shape[1]) and clip.patch_grid == 6
+    assert torch.equal(after[0], before[0])  # bitwise: the class token's position is copied, not interpolated
+    # bicubic interpolation keeps a smooth grid's mean within a few percent of its spread
+    torch.testing.assert_close(after[1:].mean(0), before[1:].mean(0), atol=0.1 * before[1:].std().item(), rtol=0)
+    with pytest.raises(ValueError, match="multiple of the patch size"):
+        resize_input(clip, 50)
+    out = finetune.finetune_clip(cells, tmp_path / "big", clip=str(clip_dir), knowledge=knowledge_file,
+                                 input_size=48, **FAST)
+    tuned = CLIPW.from_pretrained(out, device="cpu")
+    assert tuned.image_size == 48 and tuned.pixel_values(sorted(cells.rglob("*.png"))[0]).shape[-1] == 48
+
+
+def test_class_weights_balance_the_classes():
+    from models.clip_training import class_weights
+
+    classes = torch.tensor([0] * 6 + [2] * 2)
+    torch.testing.assert_close(class_weights(classes, 1.0, 3)[classes].sum(), torch.tensor(8.0), atol=1e-5, rtol=0)
+    torch.testing.assert_close(class_weights(classes, 1.0, 3)[[0, 2]], torch.tensor([8 / 12, 2.0]), atol=1e-6, rtol=0)
+    torch.testing.assert_close(class_weights(classes, 0.0, 3), torch.ones(3), atol=0, rtol=0)
+
+
+def test_balance_changes_the_training(clip_dir, cells, knowledge_file, tmp_path):
+    (tmp_path / "cells" / "crack" / "k0.png").unlink()  # 8 clean, 7 cracked: weights differ from 1
+    options = dict(clip=str(clip_dir), knowledge=knowledge_file, **FAST)
+    plain = finetune.finetune_clip(cells, tmp_path / "plain", **options)
+    balanced = finetune.finetune_clip(cells, tmp_path / "balanced", balance=1.0, **options)
+    losses = [json.loads((d / finetune.SETTINGS_FILE).read_text())["history"][0]["loss"] for d in (plain, balanced)]
+    assert losses[0] != pytest.approx(losses[1], abs=1e-6)

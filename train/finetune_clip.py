@@ -52,6 +52,10 @@ class FinetuneOptions:
     lr2: float = option(3e-4, "phase 2: AdamW peak learning rate (lower)")
     text_warmup: int = option(100, "steps pushing apart prompt embeddings that start nearly equal (new words, "
                                    "a fresh text tower) before training; 0: never")
+    input_size: int = option(0, "input size in pixels (0: the starting CLIP's); another size keeps the patch "
+                                "size and interpolates the position embeddings, e.g. 96 from a 64-px CLIP")
+    balance: float = option(0.0, "class weighting: each image's loss weighs (N / (C * n_class)) ** balance; "
+                                 "0: none, 1: every class folder weighs as much in all")
     freeze_text: bool = option(False, "keep the text tower frozen in both phases (after prompt separation)")
     batch_size: int = option(64, "images per step")
     weight_decay: float = option(0.05, "AdamW weight decay (not on norms, biases, embeddings)")
@@ -75,6 +79,7 @@ class FinetuneOptions:
                   "phase epochs must be >= 0, at least one epoch in all"),
                  (min(self.phase1_blocks, self.phase2_blocks) >= -1, "blocks must be >= -1 (-1: all)"),
                  (self.lr1 > 0 and self.lr2 > 0 and self.batch_size >= 1, "learning rates > 0, batch size >= 1"),
+                 (self.input_size >= 0 and self.balance >= 0, "input_size and balance must be >= 0"),
                  (0 < self.val_fraction < 1 and 0 <= self.warmup_fraction < 1 and 0 <= self.jitter < 1,
                   "val_fraction in (0, 1), warmup_fraction and jitter in [0, 1)")]
         problems = [message for ok, message in rules if not ok]
@@ -185,6 +190,7 @@ def start_clip(opts, knowledge):
     import torch
 
     from models.clip import CLIPW, default_device, fit_tokenizer, make_word_tokenizer, small_clip_config
+    from models.clip_training import resize_input
 
     device = opts.device or default_device()
     if opts.clip == "fresh":
@@ -193,6 +199,8 @@ def start_clip(opts, knowledge):
         clip = CLIPW.from_config(small_clip_config(len(tokenizer), opts.fresh), tokenizer, device=device)
     else:
         clip = CLIPW.from_pretrained(opts.clip, device=device)
+    if opts.input_size:
+        resize_input(clip, opts.input_size)
     torch.manual_seed(opts.seed)
     fit_tokenizer(clip, knowledge.sentences())
     clip.model.to(clip.device)
@@ -248,14 +256,17 @@ def train_epoch(run, epoch, opts, bar):
     """One pass over the training split; shuffling and augmentation depend only on (seed, epoch)."""
     import torch
 
-    from models.clip_training import (clamp_logit_scale, contrastive_logits, jitter_brightness_contrast,
-                                      random_symmetries, soft_cross_entropy)
+    from models.clip_training import (clamp_logit_scale, class_weights, contrastive_logits,
+                                      jitter_brightness_contrast, random_symmetries, soft_cross_entropy)
     from utils.training_state import epoch_generator
 
     model, device = run.clip.model, run.clip.device
     mean = torch.tensor(run.clip.processor.image_mean).view(1, -1, 1, 1)
     std = torch.tensor(run.clip.processor.image_std).view(1, -1, 1, 1)
     generator = epoch_generator(opts.seed, epoch)
+    weights = None
+    if opts.balance:  # class counts of the training split only
+        weights = class_weights(run.classes[run.train], opts.balance, len(run.targets))[run.classes]
     model.train()
     total = 0.0
     for batch in run.train[torch.randperm(len(run.train), generator=generator)].split(opts.batch_size):
@@ -263,7 +274,8 @@ def train_epoch(run, epoch, opts, bar):
         if opts.jitter:
             images = jitter_brightness_contrast(images, generator, opts.jitter, mean, std)
         logits = contrastive_logits(model, images.to(device), run.tokens)
-        loss = soft_cross_entropy(logits, run.targets[run.classes[batch]].to(device))
+        loss = soft_cross_entropy(logits, run.targets[run.classes[batch]].to(device),
+                                  None if weights is None else weights[batch].to(device))
         run.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
