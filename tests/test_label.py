@@ -122,8 +122,8 @@ def test_interrupted_run_resumes_to_the_same_result(folder, clip, tmp_path, monk
     monkeypatch.setattr(encoding, "_write_part", lambda *args: (resumed_shards.append(args[1]), write_part(*args)))
     resumed = run(folder, tmp_path / "resumed", clip, shard_size=2)
     assert resumed_shards == [1, 2, 3, 4]  # 9 files in shards of 2: shard 0 was kept
-    # bitwise: a resumed shard is encoded in exactly the batches of an uninterrupted run (utils/encoding.py)
-    assert torch.equal(load_dataset(resumed).embeddings, load_dataset(whole).embeddings)
+    # a resumed shard is encoded in exactly the batches of an uninterrupted run (utils/encoding.py)
+    assert torch.equal(load_dataset(resumed).embeddings, load_dataset(whole).embeddings)  # bitwise: same batches
     for name in ("caption_mapping.csv", "failed_images.txt"):
         assert (resumed / name).read_bytes() == (whole / name).read_bytes()
     manifests = [json.loads((d / "manifest.json").read_text()) for d in (whole, resumed)]

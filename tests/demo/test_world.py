@@ -82,8 +82,8 @@ def test_world_is_deterministic(world, tmp_path):
     again = write_world(tmp_path / "again", 16, seed=3, width=64, height=64, progress=False)
     assert (again / "labels.csv").read_bytes() == (world / "labels.csv").read_bytes()
     for row in load_truth(world).itertuples():  # bitwise: a seeded world is the same files on one machine
-        # bitwise: the same seed writes the same file
-        assert np.array_equal(np.asarray(Image.open(world / row.path)), np.asarray(Image.open(again / row.path)))
+        first, second = np.asarray(Image.open(world / row.path)), np.asarray(Image.open(again / row.path))
+        assert np.array_equal(first, second)  # bitwise: the same seed writes the same file
 
 
 def test_second_call_is_noop(world):
@@ -131,8 +131,7 @@ def test_faint_defects_keep_their_masks_and_change_less():
     faint = render_sample(item_rng(4, 1), 64, 64, defect_probs=[0, 1], options=WorldOptions(faintest=0.3))
     healthy = render_sample(item_rng(4, 1), 64, 64, defect_probs=[1])
     (kind,) = full.defects
-    # bitwise: masks are drawn, not computed
-    assert faint.defects == [kind] and np.array_equal(faint.masks[kind], full.masks[kind])
+    assert faint.defects == [kind] and np.array_equal(faint.masks[kind], full.masks[kind])  # bitwise: drawn masks
     change = [np.abs(np.asarray(s.image, float) - np.asarray(healthy.image, float))[full.masks[kind]].mean()
               for s in (full, faint)]
     assert change[1] < 0.95 * change[0]
