@@ -8,6 +8,8 @@ On the held-out 25% (train/importers.py elpv; never used for a choice):
   mass against the threshold finetune_clip chose on its validation split, and against 0.5, the captions' rule),
   balanced accuracy, AUROC and 4-level accuracy, per cell type too, beside the majority baselines and the
   figures Deitsch et al. 2019 report (their protocol differs: see the README);
+- the bundle's verdict (pass / fail / review, thresholds from train/calibrate.py) on the held-out cells: the
+  share decided without a human and the errors among those, beside the calibration's targets;
 - auto-label captions (train/label.py) and generated captions (the bundle) read as defective / functional,
   against the experts;
 - every explanation method's deletion and insertion AUC on held-out defective cells, beside random maps
@@ -92,6 +94,7 @@ def evaluate(args):
         single = clip.probabilities(pixels, knowledge.sentences()).cpu()
         figures["clip_single_view"], clip.views = clip_figures(single, rows, knowledge, tuned), views
     if captioner:
+        figures["verdict"] = verdict_figures(probabilities, rows, knowledge, args.bundle)
         figures["captions"] = caption_figures(captioner, args.labels, rows, knowledge)
     if args.explain:
         defective = [i for i, row in enumerate(rows) if row[3] == "defective"][:args.explain]
@@ -128,6 +131,19 @@ def clip_figures(probabilities, rows, knowledge, tuned):
         for kind in ("mono", "poly"):
             out[f"accuracy{name}_{kind}"] = float((said[kinds == kind] == truth[kinds == kind]).mean())
     return out
+
+
+def verdict_figures(probabilities, rows, knowledge, bundle):
+    """The CLIP side of the app's verdict with the bundle's calibration, against the experts."""
+    from models.verdict import load_calibration
+    from utils import calibration as cal
+
+    calibration, _ = load_calibration(bundle, knowledge)
+    healthy_mass, top_defect = cal.scores(probabilities.numpy(), knowledge.healthy_mask())
+    verdicts = cal.decide(healthy_mass, top_defect, calibration.t_pass, calibration.t_fail)
+    defective = [probability >= 0.5 for _, probability, _, _ in rows]
+    return {"calibrated": calibration.calibrated, "targets": calibration.report.get("targets", {}),
+            **cal.outcome(verdicts, defective), **cal.baselines(healthy_mass, defective)}
 
 
 def caption_verdict(caption, knowledge):
@@ -196,10 +212,20 @@ def report(figures):
         lines.append(f"  the same CLIP on one view (no symmetry mean): accuracy {single['accuracy']:.3f} (at 0.5: "
                      f"{single['accuracy_at_half']:.3f}), AUROC {single['auroc']:.3f}, 4-level {single['level_accuracy']:.3f}")
     lines += [f"  {name:<50} {value:.4f}" for name, value in PAPER.items()]
+    lines += verdict_lines(figures["verdict"]) if "verdict" in figures else []
     lines += caption_lines(figures["captions"]) if "captions" in figures else []
     lines += explanation_lines(figures.get("explanations", {}))
     lines.append(f"({figures['seconds']:.0f} s, {figures['cpu_seconds']:.0f} CPU-s)")
     return "\n".join(lines)
+
+
+def verdict_lines(verdict):
+    targets = verdict["targets"]
+    aimed = (f"; calibrated for at most {targets['max_defective_passed']:.3f} / {targets['max_healthy_failed']:.3f}"
+             if targets else "; not calibrated: default thresholds")
+    return [f"  verdict decided without review        {verdict['coverage']:.3f}  (error among decided "
+            f"{verdict['error']:.3f}; defective passed {verdict['defective_passed']:.3f}, healthy failed "
+            f"{verdict['healthy_failed']:.3f}{aimed}; error with no review {verdict['no_review_error']:.3f})"]
 
 
 def caption_lines(captions):

@@ -148,16 +148,14 @@ class ClipCaptioner(nn.Module):
     def _auto_label(self, embedding):
         """Token ids (EOS last) of the caption train/label.py would write for one CLIP embedding [1, D]: the
         summary of its top-3 knowledge-base prompts, naming CLIP's likeliest kind."""
-        from utils.summarizer import summarize
+        from utils.summarizer import summarize_top
 
         knowledge = self._grammar.knowledge
         with torch.no_grad():
             probs = self.clip.probabilities(embedding.float(), knowledge.sentences())[0]
             kinds = self.clip.logits(embedding.float(), knowledge.kind_sentences())[0] if knowledge.kinds else None
-        values, indices = probs.topk(min(3, len(probs)))
         kind = None if kinds is None else knowledge.kinds[int(kinds.argmax())]
-        text = summarize([(knowledge.prompts[i], p) for i, p in zip(indices.tolist(), values.tolist())], knowledge,
-                         kind=kind)
+        text = summarize_top(probs.tolist(), knowledge, 3, kind=kind)
         return self.tokenizer(text, add_special_tokens=False).input_ids + [self.tokenizer.eos_token_id]
 
     @functools.cached_property

@@ -22,3 +22,24 @@ def test_the_inputs_digest_follows_bytes_and_options_not_times(tmp_path):
     assert eval_elpv.inputs_digest(Namespace(**{**vars(args), "steps": 4})) != first
     (tmp_path / "clip" / "model.bin").write_text("xyZ")
     assert eval_elpv.inputs_digest(args) != first
+
+
+def test_the_verdict_figures_use_the_bundles_calibration(tmp_path):
+    import torch
+
+    from models.verdict import Calibration, save_calibration
+    from utils.knowledge import load_knowledge
+
+    knowledge = load_knowledge("solar_cell")
+    healthy = torch.tensor(knowledge.healthy_mask())
+    clean, cracked = healthy.float() / healthy.sum(), (~healthy).float() / (~healthy).sum()
+    probabilities = torch.stack([clean, cracked, 0.5 * clean + 0.5 * cracked])
+    rows = [(None, 0.0, "mono", "functional"), (None, 1.0, "mono", "defective"), (None, 1.0, "poly", "defective")]
+    report = {"targets": {"max_defective_passed": 0.01, "max_healthy_failed": 0.02}}
+    save_calibration(tmp_path, Calibration(t_pass=0.9, t_fail=cracked.max().item() / 2, calibrated=True,
+                                           knowledge_hash=knowledge.hash(), report=report))
+    figures = eval_elpv.verdict_figures(probabilities, rows, knowledge, tmp_path)
+    assert figures["calibrated"] and figures["coverage"] == 2 / 3 and figures["error"] == 0
+    assert "0.010 / 0.020" in eval_elpv.verdict_lines(figures)[0]
+    uncalibrated = eval_elpv.verdict_figures(probabilities, rows, knowledge, tmp_path / "none")
+    assert not uncalibrated["calibrated"] and "default thresholds" in eval_elpv.verdict_lines(uncalibrated)[0]

@@ -174,18 +174,18 @@ def label_table(encoded, knowledge, top_k, prior=None, prior_weight=PRIOR_WEIGHT
     import pandas as pd
 
     from utils.data import class_of
-    from utils.summarizer import summarize
+    from utils.summarizer import summarize_top
 
     classes = [class_of(name, "") for name in encoded.names]
     probabilities = apply_class_prior(encoded.probabilities, classes, prior, knowledge, prior_weight)
     values, indices = probabilities.topk(top_k, dim=1)
     values, indices = values.tolist(), indices.tolist()
-    prompts, ids = knowledge.prompts, knowledge.ids()
+    ids = knowledge.ids()
     kind_p, kind_ix = kinds.max(dim=1) if kinds is not None else (None, None)
     best = [None] * len(indices) if kinds is None else [knowledge.kinds[i] for i in kind_ix.tolist()]
     table = {"id": make_ids(encoded.names), "path": encoded.names, "class": classes,
-             "caption": [summarize([(prompts[j], p) for j, p in zip(row_ix, row_p)], knowledge, kind=kind)
-                         for row_ix, row_p, kind in zip(indices, values, best)]}
+             "caption": [summarize_top(row, knowledge, top_k, kind=kind)
+                         for row, kind in zip(probabilities.tolist(), best)]}
     if kinds is not None:
         table.update(kind=[kind.id for kind in best], kind_prob=[round(p, 6) for p in kind_p.tolist()])
     for rank in range(top_k):

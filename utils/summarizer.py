@@ -39,6 +39,13 @@ def summarize(top_k, knowledge: KnowledgeBase, *, kind: Kind | str | None = None
     return defect_sentence(noun, kept, hedged=healthy_mass >= hedge_share * total, max_defects=max_defects)
 
 
+def summarize_top(probabilities, knowledge: KnowledgeBase, top_k: int, *, kind: Kind | str | None = None) -> str:
+    """The auto-label caption of one image (train/label.py): the summary of its `top_k` likeliest prompts.
+    `probabilities`: one per knowledge-base prompt, in the knowledge base's order."""
+    ranked = sorted(range(len(probabilities)), key=lambda i: -probabilities[i])[:top_k]
+    return summarize([(knowledge.prompts[i], float(probabilities[i])) for i in ranked], knowledge, kind=kind)
+
+
 def noun_for(kind, knowledge: KnowledgeBase) -> str:
     """The noun a caption names the product by: the kind's (a Kind or a kind id), else the domain's."""
     if kind is None:
