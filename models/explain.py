@@ -182,7 +182,7 @@ class Method:
     def gradients(self, explainer, features, recorded, feature_grads):
         """[k, ...] per recorded tensor: the gradients of the k scores, given their gradients w.r.t. the
         image embedding `features` [1, D] (feature_grads [k, 1, D]), in one backward batched over k."""
-        return _vector_jacobians(features, recorded, feature_grads)
+        return vector_jacobians(features, recorded, feature_grads)
 
 
 class GradCAM(Method):
@@ -248,7 +248,7 @@ class LeGrad(Method):
         pooled_tokens = explainer.vision.post_layernorm(hidden.mean(dim=2))
         embeddings = torch.nn.functional.normalize(explainer.model.visual_projection(pooled_tokens), dim=-1)
         vectors = feature_grads[:, None].expand(-1, *embeddings.shape)
-        return _vector_jacobians(embeddings, attentions, vectors)
+        return vector_jacobians(embeddings, attentions, vectors)
 
     def maps(self, recorded, gradients):
         return legrad_maps([gradient[:, 0] for gradient in gradients])
@@ -369,7 +369,7 @@ class Explainer:
     def _maps(self, features, recorded, target, method):
         """The k scores' gradients w.r.t. the embedding, then one backward batched over k into the ViT."""
         leaf = features.detach().requires_grad_()
-        feature_grads = _vector_jacobians(target(leaf), [leaf])[0]
+        feature_grads = vector_jacobians(target(leaf), [leaf])[0]
         return method.maps(recorded, method.gradients(self, features, recorded, feature_grads)).detach()
 
     def _explain_separately(self, pixel_values, target, method):
@@ -400,7 +400,7 @@ def _zeros_if_none(grad, like):
     return torch.zeros_like(like) if grad is None else grad
 
 
-def _vector_jacobians(outputs, inputs, vectors=None):
+def vector_jacobians(outputs, inputs, vectors=None):
     """[k, *input.shape] per input: the k vector-Jacobian products (rows of the identity when `vectors` is
     None, i.e. the gradient of each of the k outputs) in one backward vmapped over k."""
     if vectors is None:
