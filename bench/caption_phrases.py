@@ -6,8 +6,8 @@ Prints: (1) strict pointing of the caption's defect-phrase maps (the map's peak 
 the defect the phrase names, dilated by half a patch) beside the chance of a random peak and the whole-caption
 map's; (2) a wide strip of healthy items with one defective item at the right end, in the tiles and center
 views: the verdict, the top description and whether its map's peak lands on that item, then the same over
---strips strips of other seeds (one strip is a coin flip); (3) the Inspect cost
-with and without caption maps. Asserts nothing about speed.
+--strips strips of other seeds (one strip is a coin flip), and the control: as many strips of six healthy items;
+(3) the Inspect cost with and without caption maps. Asserts nothing about speed.
 """
 import argparse
 import statistics
@@ -62,14 +62,16 @@ def pointing(inspector, n, seed):
           f"images (random peak: {np.mean(caption_chance):.3f})")
 
 
-def strip(seed, count=6, side=128):
-    """`count` healthy items side by side, the last one defective: (picture, its x range, its defects)."""
-    items = [render_sample(item_rng(seed, 1000 + i), side, side, defect_probs=[1]) for i in range(count - 1)]
+def strip(seed, count=6, side=128, defective=True):
+    """`count` healthy items side by side, the last one defective (or healthy too: the control): (picture, the
+    last item's x range, its defects)."""
+    items = [render_sample(item_rng(seed, 1000 + i), side, side, defect_probs=[1]) for i in range(count)]
     index = 0
-    while not (bad := render_sample(item_rng(seed, 2000 + index), side, side, defect_probs=[0, 1])).masks:
+    while defective and not (bad := render_sample(item_rng(seed, 2000 + index), side, side, defect_probs=[0, 1])).masks:
         index += 1
-    picture = np.concatenate([np.asarray(s.image) for s in items + [bad]], axis=1)
-    return Image.fromarray(picture), ((count - 1) * side, count * side), bad.defects
+    items = items[:-1] + [bad] if defective else items
+    picture = np.concatenate([np.asarray(s.image) for s in items], axis=1)
+    return Image.fromarray(picture), ((count - 1) * side, count * side), items[-1].defects
 
 
 def strip_test(inspector, seed):
@@ -87,7 +89,8 @@ def strip_test(inspector, seed):
 
 def strips(inspector, seed, count):
     """The strip over `count` seeds (one strip is a coin flip): the share judged defective (fail), whose top
-    description is a true defect of the item, and whose top map peaks on the item; chance for a peak: 1/6."""
+    description is a true defect of the item, and whose top map peaks on the item; chance for a peak: 1/6. Then
+    the control, a strip of six healthy items per seed: the share judged defective (fail) and passed."""
     failed, named, landed = [], [], []
     for index in range(count):
         picture, (start, end), defects = strip(seed + index)
@@ -97,9 +100,12 @@ def strips(inspector, seed, count):
         failed.append(found.verdict.decision == "fail")
         named.append(found.top_k[0][0].id in defects)
         landed.append(start <= peak_x < end)
+    decisions = [inspector.inspect(strip(seed + index, defective=False)[0], caption_map=False).verdict.decision
+                 for index in range(count)]
     print(f"strips of seeds {seed}-{seed + count - 1} (tiles view): judged defective {np.mean(failed):.2f}, top "
           f"description a true defect {np.mean(named):.2f}, top map's peak on the defective item {np.mean(landed):.2f} "
-          f"(random peak: {1 / 6:.2f}), both {np.mean(np.logical_and(named, landed)):.2f}")
+          f"(random peak: {1 / 6:.2f}), both {np.mean(np.logical_and(named, landed)):.2f}; the control, six healthy "
+          f"items: judged defective {decisions.count('fail') / count:.2f}, passed {decisions.count('pass') / count:.2f}")
 
 
 def cost(inspector, seed, repeats):
