@@ -182,7 +182,9 @@ class ClipCaptioner(nn.Module):
 
     def _generate_settings(self, options):
         """GenerationOptions -> keyword arguments of transformers' generate."""
-        from transformers import LogitsProcessorList, NoRepeatNGramLogitsProcessor
+        from transformers import LogitsProcessorList
+
+        from models.repeats import CaselessNoRepeatNGram
 
         settings = dict(
             do_sample=options.sampling, num_beams=options.num_beams, min_new_tokens=options.min_new_tokens,
@@ -193,8 +195,8 @@ class ClipCaptioner(nn.Module):
         if options.constrained:  # the grammar forbids repeats itself; an n-gram ban could block its only way on
             settings.update(prefix_allowed_tokens_fn=self._grammar.allowed_tokens_fn(options.prefix_text or ""))
         elif options.no_repeat_ngram_size > 0:  # given as a processor: over the caption's tokens (the prompt is
-            # embeddings), without the warning the no_repeat_ngram_size argument gives for that
-            settings["logits_processor"].append(NoRepeatNGramLogitsProcessor(options.no_repeat_ngram_size))
+            # embeddings), case-blind ("soft brown rot, soft Brown rot" is a repeat too)
+            settings["logits_processor"].append(CaselessNoRepeatNGram(options.no_repeat_ngram_size, self._classes))
         if options.sampling:
             settings.update(temperature=options.temperature, top_k=options.top_k or None, top_p=options.top_p)
         else:
@@ -202,10 +204,20 @@ class ClipCaptioner(nn.Module):
         return settings
 
     @functools.cached_property
+    def _token_texts(self):
+        return self.tokenizer.batch_decode([[i] for i in range(len(self.tokenizer))])
+
+    @functools.cached_property
     def _line_breaks(self):
         """Token ids whose text holds a line break: generation stops there (and min_new_tokens holds them off)."""
-        texts = self.tokenizer.batch_decode([[i] for i in range(len(self.tokenizer))])
-        return [i for i, text in enumerate(texts) if "\n" in text and i != self.tokenizer.eos_token_id]
+        return [i for i, text in enumerate(self._token_texts) if "\n" in text and i != self.tokenizer.eos_token_id]
+
+    @functools.cached_property
+    def _classes(self):
+        """Each token's case-blind class, for the n-gram ban (models/repeats.py)."""
+        from models.repeats import caseless_classes
+
+        return caseless_classes(self._token_texts)
 
     @functools.cached_property
     def _grammar(self):

@@ -130,3 +130,14 @@ def test_the_product_kind_comes_from_clip(repeater):
         generation=GenerationOptions(max_new_tokens=4))
     kind, probability = inspection.kind
     assert kind in FRUIT.kinds and 1 / len(FRUIT.kinds) <= probability <= 1
+
+
+def test_the_ngram_ban_is_blind_to_case():
+    from models.repeats import CaselessNoRepeatNGram, caseless_classes
+
+    texts = [" soft", " brown", " Brown", " rot", ","]  # "soft brown rot, soft Brown ..." must not pass
+    ban = CaselessNoRepeatNGram(2, caseless_classes(texts))
+    for said in ([0, 1, 3, 4, 0], [0, 2, 3, 4, 0]):
+        scores = ban(torch.tensor([said]), torch.zeros(1, len(texts) + 2))  # the LM has 2 rows beyond the tokens
+        assert torch.isinf(scores[0]).tolist() == [False, True, True, False, False, False, False]
+    assert not torch.isinf(ban(torch.tensor([[0, 1, 3]]), torch.zeros(1, 5))).any()
