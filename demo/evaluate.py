@@ -5,7 +5,7 @@
 
 Prints, per bundle or CLIP: CLIP top-1 defect type and healthy-vs-defect AUROC (and for a bundle auto-label
 and caption accuracy), then one row per explanation method (models/explain.py METHODS, each logit-target
-method also with the CLIP-ES target, and a bundle's caption map) with strict pointing (the peak pixel of
+method also with the CLIP-ES target, and a bundle's caption map, by the app's method) with strict pointing (the peak pixel of
 the smoothly upsampled map inside the mask dilated by half a patch), lenient pointing (the peak patch
 touches the mask), energy inside the mask, deletion AUC (lower is better), insertion AUC and pixel AUROC,
 and a row of the same metrics for random maps: the score of no explanation. Judge methods on a CLIP that
@@ -29,10 +29,12 @@ from tqdm.auto import tqdm  # noqa: E402
 from demo.scoring import caption_correct, defects_of, held_out_world  # noqa: E402
 from demo.world import load_masks, load_truth  # noqa: E402
 from models.clip import CLIPW  # noqa: E402
+from models.config import InspectOptions  # noqa: E402
 from utils.knowledge import load_knowledge  # noqa: E402
 from utils.metrics import auroc  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
+APP_METHOD = InspectOptions().method  # the caption map is scored as the app draws it
 
 
 def clip_scores(probabilities, truth, knowledge):
@@ -158,7 +160,8 @@ def explanation_scores(clip, world, truth, knowledge, pixels, items, captioner=N
         score_fn = prompt_probability(clip, knowledge.sentences(), index)
         rows += _scored(explainers, image, index, masks[row["primary"]], score_fn, clip.patch_grid, steps, i)
         if captioner is not None:
-            caption = {"caption map": lambda image, _: Explainer(clip).caption_map(captioner, image, captions[i])[0]}
+            caption = {"caption map": lambda image, _: Explainer(clip).caption_map(captioner, image, captions[i],
+                                                                                   method=APP_METHOD)[0]}
             union = np.any(np.stack(list(masks.values())), axis=0)
             rows += _scored(caption, image, None, union, caption_score_fn(captioner, captions[i]), clip.patch_grid,
                             steps, i, random_name="random maps (caption)")
