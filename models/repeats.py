@@ -21,7 +21,7 @@ class CaselessNoRepeatNGram(LogitsProcessor):
         self.ban, self.classes = NoRepeatNGramLogitsProcessor(size), classes
 
     def __call__(self, input_ids, scores):
-        size = scores.shape[-1]  # the LM's rows may outnumber the tokenizer's tokens: those are their own class
-        classes = torch.cat([self.classes[:size], torch.arange(len(self.classes), size)]).to(scores.device)
+        size, known = scores.shape[-1], len(self.classes)  # the LM's rows and the tokenizer's tokens may differ
+        classes = torch.cat([self.classes[:size], torch.arange(min(known, size), size)]).to(scores.device)
         banned = torch.isinf(self.ban(classes[input_ids], torch.zeros_like(scores)))  # banned representatives
         return scores.masked_fill(banned[:, classes], -math.inf)

@@ -141,3 +141,5 @@ def test_the_ngram_ban_is_blind_to_case():
         scores = ban(torch.tensor([said]), torch.zeros(1, len(texts) + 2))  # the LM has 2 rows beyond the tokens
         assert torch.isinf(scores[0]).tolist() == [False, True, True, False, False, False, False]
     assert not torch.isinf(ban(torch.tensor([[0, 1, 3]]), torch.zeros(1, 5))).any()
+    narrower = ban(torch.tensor([[0, 1, 0]]), torch.zeros(1, 3))  # an LM with fewer rows than the tokenizer
+    assert torch.isinf(narrower[0]).tolist() == [False, True, True]
