@@ -1,13 +1,14 @@
 """The caption explained and the whole photo, measured on a bundle (default the demo's) over a held-out world.
 
-    python bench/caption_phrases.py --bundle checkpoints/demo --n 40 --seed 7 --repeats 3 --strips 20
+    python bench/caption_phrases.py --bundle checkpoints/demo --n 40 --seed 7 --repeats 3 --strips 20 --wide 120
 
 Prints: (1) strict pointing of the caption's defect-phrase maps (the map's peak pixel inside the true mask of
 the defect the phrase names, dilated by half a patch) beside the chance of a random peak and the whole-caption
 map's; (2) a wide strip of healthy items with one defective item at the right end, in the tiles and center
 views: the verdict, the top description and whether its map's peak lands on that item, then the same over
 --strips strips of other seeds (one strip is a coin flip), and the control: as many strips of six healthy items;
-(3) the Inspect cost with and without caption maps. Asserts nothing about speed.
+(3) one item in a 4:3 photo in each view (--wide items): the verdicts, healthy and defective; (4) the Inspect
+cost with and without caption maps. Asserts nothing about speed.
 """
 import argparse
 import statistics
@@ -108,6 +109,26 @@ def strips(inspector, seed, count):
           f"items: judged defective {decisions.count('fail') / count:.2f}, passed {decisions.count('pass') / count:.2f}")
 
 
+def wide_photos(inspector, seed, n):
+    """One item in a 4:3 photo (a rendered item widened with its own border, like a landscape phone shot), in
+    each view, beside the square photo: the shares passed, failed and sent to review, healthy and defective."""
+    decisions = {}
+    for index in range(n):
+        sample = render_sample(item_rng(seed, index))
+        square = np.asarray(sample.image)
+        side = (square.shape[1] * 4 // 3 - square.shape[1]) // 2
+        wide = Image.fromarray(np.pad(square, ((0, 0), (side, side), (0, 0)), mode="edge"))
+        kind = "defective" if sample.masks else "healthy"
+        for name, picture, view in (("square photo", sample.image, "tiles"), ("4:3, tiles", wide, "tiles"),
+                                    ("4:3, center", wide, "center"), ("4:3, letterbox", wide, "letterbox")):
+            found = inspector.inspect(picture, view=view, caption_map=False)
+            decisions.setdefault((kind, name), []).append(found.verdict.decision)
+    print(f"one item per photo, world seed {seed}, {n} items:")
+    for (kind, name), said in decisions.items():
+        print(f"  {kind:9} {name:15} ({len(said)}): " + ", ".join(f"{d} {said.count(d) / len(said):.2f}"
+                                                               for d in ("pass", "fail", "review")))
+
+
 def cost(inspector, seed, repeats):
     """Median ms of one Inspect with and without caption maps (greedy captions; interleaved runs)."""
     pictures = [render_sample(item_rng(seed, i)).image for i in range(3)]
@@ -131,6 +152,7 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=7, help="held-out world seed")
     parser.add_argument("--repeats", type=int, default=3, help="timing rounds over 3 images (0: no timing)")
     parser.add_argument("--strips", type=int, default=20, help="strips measured, of seeds from --seed on")
+    parser.add_argument("--wide", type=int, default=120, help="items shown in a 4:3 photo in each view (0: none)")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
     inspector = Inspector.load(args.bundle, device=args.device)
@@ -138,6 +160,8 @@ def main(argv=None):
     strip_test(inspector, args.seed)
     if args.strips:
         strips(inspector, args.seed, args.strips)
+    if args.wide:
+        wide_photos(inspector, args.seed, args.wide)
     if args.repeats:
         cost(inspector, args.seed, args.repeats)
 
