@@ -242,8 +242,8 @@ def test_separate_shard_processes_then_merge(folder, clip, tmp_path):
     assert len(list((out / ".parts").glob("shard-*"))) == 3
     merged = run(folder, out, clip, shard_size=3)
     whole = run(folder, tmp_path / "whole", clip, shard_size=3)
-    # bitwise: each shard is encoded in the same batches whichever process runs it (utils/encoding.py)
-    assert torch.equal(load_dataset(merged).embeddings, load_dataset(whole).embeddings)
+    # each shard is encoded in the same batches whichever process runs it (utils/encoding.py)
+    assert torch.equal(load_dataset(merged).embeddings, load_dataset(whole).embeddings)  # bitwise: same batches
 
 
 # utils/data.py
