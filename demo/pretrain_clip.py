@@ -12,7 +12,10 @@ last blocks and what each patch would add to the CLS token are classified agains
 block's CLS attention is pulled onto the defects, and the Grad-CAM map of each item's main defect is
 supervised with its mask (explanation supervision, as in GAIN; without it the pointing game was 0.72).
 When the knowledge base lists product kinds, each image is also classified against the kind prompts
-("a photo of an apple", ...) by the world's fruit kind, so the labeler can name the kind. A CLIP trained on web images learns where things are from far more data; this small one is told.
+("a photo of an apple", ...) by the world's fruit kind, so the labeler can name the kind. A share of each batch
+is shown as mosaics: two items side by side cut to a square at random, their targets recounted from the defects
+left in view, because the tiles of a wide photo cut items so (a CLIP that never saw a cut item reads one as a
+defect). A CLIP trained on web images learns where things are from far more data; this small one is told.
 
 The result is a plain CLIP directory: `CLIPW.from_pretrained(out)` loads it like a real one. Each
 finished epoch is saved under OUT.partial, so a stopped run continues where it was.
@@ -66,6 +69,9 @@ class PretrainOptions(SmallClipConfig):
                                      "kind (no effect without kinds)")
     patch_full: float = option(0.2, "a patch this much covered by a defect is labeled all that defect")
     augment: bool = option(True, "random zoom, shift, rotation, flip and colour jitter")
+    # the tiles of a wide photo cut items: without such views a tile straddling two healthy items read as defective
+    mosaic: float = option(0.25, "share of images replaced by a square cut at random from two items side by side, "
+                                 "its targets recounted from the defects left in view")
     seed: int = option(0, "seed for init and batches")
 
 
@@ -183,6 +189,42 @@ def augment(pixels, masks, generator):
     return jitter_colours(warp(pixels, theta), generator), warp(masks, theta)
 
 
+def mosaic(pixels, covers, targets, kinds, healthy, share, area_weight, generator):
+    """Replace a random `share` of the batch by two items side by side (each chosen image and the next one),
+    cut to a square at a random offset: its prompt targets are recounted from the defect cover left in view,
+    its kind kept only where both items are of that kind (else -100, which the kind loss ignores)."""
+    n, size, cells = pixels.shape[0], pixels.shape[-1], covers.shape[-1]
+    chosen = torch.nonzero(torch.rand(n, generator=generator) < share).flatten()
+    if n < 2 or not len(chosen):
+        return pixels, covers, targets, kinds
+    partner = (chosen + 1) % n
+    scale = size // cells  # covers are coarser than pixels: offsets in cover cells keep both aligned
+    offsets = torch.randint(0, cells + 1, (len(chosen),), generator=generator).tolist()
+    wide_pixels = torch.cat([pixels[chosen], pixels[partner]], dim=-1)
+    wide_covers = torch.cat([covers[chosen], covers[partner]], dim=-1)
+    pixels, covers, targets = pixels.clone(), covers.clone(), targets.clone()
+    for row, (index, offset) in enumerate(zip(chosen.tolist(), offsets)):
+        pixels[index] = wide_pixels[row, ..., offset * scale:offset * scale + size]
+        covers[index] = wide_covers[row, ..., offset:offset + cells]
+    targets[chosen] = visible_targets(covers[chosen], healthy, area_weight)
+    if kinds is not None:
+        kinds = kinds.clone()
+        kinds[chosen] = torch.where(kinds[chosen] == kinds[partner], kinds[chosen], -100)
+    return pixels, covers, targets, kinds
+
+
+def visible_targets(covers, healthy, area_weight, min_cells=1.0):
+    """Covers [B, P, m, m] -> [B, P] targets as prompt_targets weighs them, over the defects showing at least
+    `min_cells` cells of cover; an image showing none is healthy."""
+    area = covers.sum(dim=(-1, -2)) * (1 - healthy)
+    shown = area >= min_cells
+    count = shown.sum(dim=-1, keepdim=True).clamp(min=1)
+    total = (area * shown).sum(dim=-1, keepdim=True).clamp(min=1e-6)
+    weights = shown * ((1 - area_weight) / count + area_weight * area / total)
+    weights = weights / weights.sum(dim=-1, keepdim=True).clamp(min=1e-6)
+    return torch.where(shown.any(dim=-1, keepdim=True), weights, healthy / healthy.sum())
+
+
 def patch_targets(masks, grid, healthy, full=0.2):
     """Masks [B, P, m, m] (coverage in [0, 1] per prompt) -> [B, grid*grid, P] target per patch: a patch
     `full` covered by a defect counts as all that defect (thin cuts and small spots never fill a patch);
@@ -212,7 +254,7 @@ def train_loss(model, images, covers, targets, tokens, healthy, opts, kinds=None
 
     logits = scale * normalized(output.pooler_output) @ texts.T
     loss = soft_cross_entropy(logits, targets)
-    if kinds is not None and opts.kind_weight:
+    if kinds is not None and opts.kind_weight and (kinds >= 0).any():  # a mosaic of two kinds has none (-100)
         kind_texts = normalized(model.get_text_features(**kind_tokens))
         kind_logits = scale * normalized(output.pooler_output) @ kind_texts.T
         loss = loss + opts.kind_weight * F.cross_entropy(kind_logits, kinds)
@@ -392,12 +434,15 @@ def _train(model, world, opts, partial, progress):
         model.train()
         for index in torch.randperm(len(world.targets), generator=generator).split(opts.batch_size):
             images, covers = world.pixels[index], world.masks[index].float() / 255
+            targets, kinds = world.targets[index], None if world.kinds is None else world.kinds[index]
+            if opts.mosaic:
+                images, covers, targets, kinds = mosaic(images, covers, targets, kinds, world.healthy.cpu(),
+                                                        opts.mosaic, opts.area_weight, generator)
             if opts.augment:
                 images, covers = augment(images, covers, generator)
-            kinds = None if world.kinds is None else world.kinds[index].to(world.device)
-            loss = train_loss(model, images.to(world.device), covers.to(world.device),
-                              world.targets[index].to(world.device), world.tokens, world.healthy, opts,
-                              kinds, world.kind_tokens)
+            loss = train_loss(model, images.to(world.device), covers.to(world.device), targets.to(world.device),
+                              world.tokens, world.healthy, opts, None if kinds is None else kinds.to(world.device),
+                              world.kind_tokens)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)

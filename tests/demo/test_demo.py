@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from models.clip import CLIPW
 from models.explain import METHODS
@@ -14,8 +15,8 @@ from demo import evaluate as eval_demo
 from demo.scoring import caption_correct
 from utils.caption_words import named_defects
 from demo.build import build_demo, build_reference, is_complete, load_recipe
-from demo.pretrain_clip import (PretrainOptions, build_clip, kind_targets, load_defect_masks, patch_targets, pretrain_clip,
-                                 prompt_targets, text_tokens, train_loss)
+from demo.pretrain_clip import (PretrainOptions, build_clip, kind_targets, load_defect_masks, mosaic, patch_targets,
+                                 pretrain_clip, prompt_targets, text_tokens, train_loss, visible_targets)
 from utils.knowledge import KnowledgeBase, load_knowledge
 from demo.world import load_truth, write_world
 
@@ -60,6 +61,36 @@ def test_patch_targets_put_a_patchs_defect_cover_on_its_prompt():
     assert torch.allclose(targets.sum(-1), torch.ones(1, 4))
     assert torch.allclose(targets[0, 0], torch.tensor([0.0, 0.0, 1.0, 0.0]))
     assert torch.allclose(targets[0, 3], torch.tensor([0.5, 0.5, 0.0, 0.0]))
+
+
+def test_visible_targets_weigh_the_defects_in_view_and_call_the_rest_healthy():
+    healthy = torch.tensor([1.0, 1.0, 0.0, 0.0])
+    covers = torch.zeros(3, 4, 4, 4)
+    covers[0, 2, :2, :2] = 1  # 4 cells of the first defect
+    covers[1, 2, 0, :3], covers[1, 3, 3, 0] = 1, 1  # 3 cells of one, 1 of the other
+    covers[2, 3, 0, 0] = 0.5  # half a cell: too little to count
+    targets = visible_targets(covers, healthy, area_weight=0.5)
+    assert torch.allclose(targets[0], torch.tensor([0.0, 0.0, 1.0, 0.0]))
+    assert torch.allclose(targets[1], torch.tensor([0.0, 0.0, 0.25 + 0.375, 0.25 + 0.125]))
+    assert torch.allclose(targets[2], torch.tensor([0.5, 0.5, 0.0, 0.0]))
+
+
+def test_mosaic_cuts_pixels_and_covers_alike_and_recounts_the_targets():
+    """Pixels that copy their covers stay copies of them after the cut; the targets are those of what is in view."""
+    generator = torch.Generator().manual_seed(0)
+    healthy = torch.tensor([1.0, 1.0, 0.0, 0.0])
+    covers = torch.zeros(6, 4, 8, 8)
+    covers[::2, 2, 2:6, 1:3] = 1  # even items: a defect on their left, odd items: healthy
+    pixels = F.interpolate(covers, scale_factor=2)[:, 1:]  # [6, 3, 16, 16]: the covers, upsampled
+    targets = visible_targets(covers, healthy, 0.5)
+    kinds = torch.tensor([0, 0, 1, 2, 2, 2])
+    cut_pixels, cut_covers, cut_targets, cut_kinds = mosaic(pixels, covers, targets, kinds, healthy, 1.0, 0.5,
+                                                            generator)
+    assert torch.equal(F.avg_pool2d(cut_pixels, 2), cut_covers[:, 1:])  # bitwise: copies of 0/1 values
+    assert not torch.equal(cut_covers, covers)  # some item was cut
+    assert torch.allclose(cut_targets, visible_targets(cut_covers, healthy, 0.5))
+    assert cut_kinds.tolist() == [0, -100, -100, 2, 2, -100]  # each item and the next one, kept where alike
+    assert torch.equal(pixels, F.interpolate(covers, scale_factor=2)[:, 1:])  # bitwise: the inputs are untouched
 
 
 def test_gradcam_loss_moves_the_explainers_gradcam_onto_the_defect(world):
