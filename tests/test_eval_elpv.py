@@ -1,4 +1,4 @@
-"""bench/eval_elpv.py's skip of finished work: the digest of its inputs (no ELPV data, no model needed)."""
+"""bench/eval_elpv.py without ELPV data or a model: the digest of its inputs, the verdict and caption lines."""
 import importlib.util
 import os
 from argparse import Namespace
@@ -43,3 +43,12 @@ def test_the_verdict_figures_use_the_bundles_calibration(tmp_path):
     assert "0.010 / 0.020" in eval_elpv.verdict_lines(figures)[0]
     uncalibrated = eval_elpv.verdict_figures(probabilities, rows, knowledge, tmp_path / "none")
     assert not uncalibrated["calibrated"] and "default thresholds" in eval_elpv.verdict_lines(uncalibrated)[0]
+
+
+def test_captions_that_name_nothing_the_labels_name_are_called_out():
+    figures = {"auto_label_agreement": 0.81, "auto_label_unclear": 0.0, "generated_agreement": 0.69,
+               "generated_unclear": 1.0, "generated_equals_auto_label": 0.0}
+    assert "WARNING" in eval_elpv.caption_lines(figures)[-1]
+    assert not any("WARNING" in line for line in eval_elpv.caption_lines({**figures, "generated_unclear": 0.1}))
+    # labels that name nothing either: a knowledge-base question, not an undertrained captioner
+    assert not any("WARNING" in line for line in eval_elpv.caption_lines({**figures, "auto_label_unclear": 0.9}))
