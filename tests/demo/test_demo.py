@@ -87,7 +87,7 @@ def test_mosaic_cuts_pixels_and_covers_alike_and_recounts_the_targets():
     cut_pixels, cut_covers, cut_targets, cut_kinds = mosaic(pixels, covers, targets, kinds, healthy, 1.0, 0.5,
                                                             generator)
     assert torch.equal(F.avg_pool2d(cut_pixels, 2), cut_covers[:, 1:])  # bitwise: copies of 0/1 values
-    assert not torch.equal(cut_covers, covers)  # some item was cut
+    assert not torch.equal(cut_covers, covers)  # bitwise: some item was cut (copied 0/1 values)
     assert torch.allclose(cut_targets, visible_targets(cut_covers, healthy, 0.5))
     assert cut_kinds.tolist() == [0, -100, -100, 2, 2, -100]  # each item and the next one, kept where alike
     assert torch.equal(pixels, F.interpolate(covers, scale_factor=2)[:, 1:])  # bitwise: the inputs are untouched
