@@ -86,15 +86,13 @@ def teacher_captions(clip, embeddings, knowledge, top_k=3):
     CLIP's likeliest kind."""
     import torch
 
-    from utils.summarizer import summarize
+    from utils.summarizer import summarize_top
 
     with torch.no_grad():
         probs = clip.logits(embeddings, knowledge.sentences()).softmax(-1)
         kinds = clip.logits(embeddings, knowledge.kind_sentences()).argmax(-1).tolist() if knowledge.kinds else None
-    values, indices = probs.topk(top_k, dim=1)
-    return [summarize([(knowledge.prompts[j], p) for j, p in zip(ix, ps)], knowledge,
-                      kind=knowledge.kinds[kinds[row]] if kinds else None)
-            for row, (ix, ps) in enumerate(zip(indices.tolist(), values.tolist()))]
+    return [summarize_top(row, knowledge, top_k, kind=knowledge.kinds[kinds[i]] if kinds else None)
+            for i, row in enumerate(probs.tolist())]
 
 
 def bad_examples(captions, truth, knowledge, count):
