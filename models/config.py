@@ -35,6 +35,7 @@ class CaptionerConfig:
                                     "embeddings and the first --lm-frozen-layers blocks", choices=LM_MODES)
     lm_frozen_layers: int = option(0, "blocks kept frozen with --lm-mode partial")
     knowledge: str = "fruit"  # the knowledge base the bundle was trained with (name or file)
+    label_top_k: int = 3  # prompts each training caption summarizes (the labels' --top-k): the phrase draft's hint too
     clip_dim: int = 0  # filled in from the models
     lm_dim: int = 0
     format_version: int = FORMAT_VERSION

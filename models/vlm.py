@@ -147,7 +147,7 @@ class ClipCaptioner(nn.Module):
 
     def _auto_label(self, embedding):
         """Token ids (EOS last) of the caption train/label.py would write for one CLIP embedding [1, D]: the
-        summary of its top-3 knowledge-base prompts, naming CLIP's likeliest kind."""
+        summary of its top-k knowledge-base prompts (k as in the training labels), naming CLIP's likeliest kind."""
         from utils.summarizer import summarize_top
 
         knowledge = self._grammar.knowledge
@@ -155,7 +155,7 @@ class ClipCaptioner(nn.Module):
             probs = self.clip.probabilities(embedding.float(), knowledge.sentences())[0]
             kinds = self.clip.logits(embedding.float(), knowledge.kind_sentences())[0] if knowledge.kinds else None
         kind = None if kinds is None else knowledge.kinds[int(kinds.argmax())]
-        text = summarize_top(probs.tolist(), knowledge, 3, kind=kind)
+        text = summarize_top(probs.tolist(), knowledge, self.config.label_top_k, kind=kind)
         return self.tokenizer(text, add_special_tokens=False).input_ids + [self.tokenizer.eos_token_id]
 
     @functools.cached_property

@@ -77,6 +77,26 @@ def test_phrase_drafted_captions_are_the_lms_own_in_fewer_passes(lm_kind):
                 captioner.generate(embeddings=embedding, max_new_tokens=12, phrase_draft=False))
 
 
+
+def test_the_phrase_drafts_hint_summarizes_as_many_prompts_as_the_training_labels():
+    from utils.summarizer import summarize_top
+
+    captioner = make_tiny_captioner("opt")
+    knowledge = captioner._grammar.knowledge
+    defects = [p.text for p in knowledge.prompts if not p.healthy][:2]  # an image that looks like both
+    embedding = torch.nn.functional.normalize(captioner.clip.encode_texts(defects).sum(0, keepdim=True), dim=-1)
+    probs = captioner.clip.probabilities(embedding, knowledge.sentences())[0].tolist()
+    kinds = captioner.clip.logits(embedding, knowledge.kind_sentences())[0] if knowledge.kinds else None
+    kind = None if kinds is None else knowledge.kinds[int(kinds.argmax())]
+    hints = []
+    for top_k in (1, 4):
+        captioner.config.label_top_k = top_k
+        hints.append(captioner._auto_label(embedding))
+        summary = summarize_top(probs, knowledge, top_k, kind=kind)
+        assert hints[-1] == captioner.tokenizer(summary, add_special_tokens=False).input_ids + [
+            captioner.tokenizer.eos_token_id]
+    assert hints[0] != hints[1]  # its top 4 name both defects, its top 1 one
+
 def test_reduced_precisions_add_a_draft_and_keep_the_fp32_lm():
     captioner = make_tiny_captioner("llama")
     linears = [name for name, module in captioner.lm.named_modules() if isinstance(module, nn.Linear)]

@@ -75,6 +75,7 @@ def test_two_epochs_write_metrics_curves_and_bundles(straight_run):
     assert (out / "curves.png").stat().st_size > 1000
     for name in ("best", "last"):
         loaded = ClipCaptioner.from_pretrained(out / name, device="cpu")
+        assert loaded.config.label_top_k == 1  # the labels' top-k: the phrase draft's hint summarizes as they do
         captions = loaded.generate(embeddings=torch.randn(2, 32), max_new_tokens=5)
         assert len(captions) == 2 and all(isinstance(c, str) for c in captions)
     assert not (out / "best" / "optimizer.pt").exists() and (out / "state" / "optimizer.pt").exists()
