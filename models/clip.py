@@ -105,8 +105,8 @@ class CLIPW(nn.Module):
 
     def image_features(self, pixel_values):
         """Normalized image embeddings with autograd on (for explanations). With 8 views, the mean of the
-        views' normalized embeddings; the identity view comes first in the batch, so an explanation that
-        reads the first item's activations explains the image as it is shown."""
+        views' normalized embeddings, the views batched in square_symmetries' order (an explanation turns
+        each view's map back with undo_square_symmetry)."""
         pixel_values = pixel_values.to(self.device)
         if self.views == 1:
             return F.normalize(pooled(self.model.get_image_features(pixel_values=pixel_values)), dim=-1)
@@ -166,6 +166,13 @@ def square_symmetries(pixels):
     image, the identity first."""
     return [torch.rot90(pixels.flip(-1) if flip else pixels, turns, (-2, -1)) for flip in (False, True)
             for turns in range(4)]
+
+
+def undo_square_symmetry(grids, index):
+    """Maps [..., g, g] read in view `index` of square_symmetries back onto the image as it is."""
+    flip, turns = divmod(index, 4)
+    grids = torch.rot90(grids, -turns, (-2, -1))
+    return grids.flip(-1) if flip else grids
 
 
 def _inference_settings(name_or_path):

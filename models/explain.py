@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from models.clip import pooled
+from models.clip import pooled, undo_square_symmetry
 
 TARGETS = ("logit", "contrastive", "clip_es")
 
@@ -177,6 +177,16 @@ class Method:
         raise NotImplementedError
 
     def maps(self, recorded, gradients):
+        """[k, g, g]: the views' maps (a CLIP with 8 views embeds the mean of the square's symmetries, so every view
+        counts), each turned back onto the image, averaged."""
+        views = len(recorded[0])
+        if views == 1:
+            return self.view_maps(recorded, gradients, 0)
+        return normalize_maps(torch.stack([undo_square_symmetry(self.view_maps(recorded, gradients, view), view)
+                                           for view in range(views)]).mean(dim=0))
+
+    def view_maps(self, recorded, gradients, view):
+        """[k, g, g] from the recorded tensors [V, ...] and their gradients [k, V, ...] of one view."""
         raise NotImplementedError
 
     def gradients(self, explainer, features, recorded, feature_grads):
@@ -199,8 +209,8 @@ class GradCAM(Method):
         recorded.append(hidden)
         return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
 
-    def maps(self, recorded, gradients):
-        return gradcam_maps(recorded[0][0], gradients[0][:, 0])
+    def view_maps(self, recorded, gradients, view):
+        return gradcam_maps(recorded[0][view], gradients[0][:, view])
 
 
 class GradCAMContrastive(GradCAM):
@@ -220,8 +230,8 @@ class Relevancy(Method):
     def record(self, output, recorded):
         recorded.append(output[1])
 
-    def maps(self, recorded, gradients):
-        return relevancy_maps([a[0] for a in recorded], [g[:, 0] for g in gradients])
+    def view_maps(self, recorded, gradients, view):
+        return relevancy_maps([a[view] for a in recorded], [g[:, view] for g in gradients])
 
 
 class LeGrad(Method):
@@ -243,15 +253,15 @@ class LeGrad(Method):
 
     def gradients(self, explainer, features, recorded, feature_grads):
         """Every layer's tokens read as an embedding (mean over tokens, as LeGrad's code reads CLIP, through
-        CLIP's final LayerNorm and projection, first view only), scored with the embedding's k gradients."""
-        attentions, hidden = recorded[0::2], torch.stack([h[:1] for h in recorded[1::2]])  # [L, 1, T, C]
+        CLIP's final LayerNorm and projection, in every view), scored with the embedding's k gradients."""
+        attentions, hidden = recorded[0::2], torch.stack(recorded[1::2])  # [L, V, T, C]
         pooled_tokens = explainer.vision.post_layernorm(hidden.mean(dim=2))
         embeddings = torch.nn.functional.normalize(explainer.model.visual_projection(pooled_tokens), dim=-1)
         vectors = feature_grads[:, None].expand(-1, *embeddings.shape)
         return vector_jacobians(embeddings, attentions, vectors)
 
-    def maps(self, recorded, gradients):
-        return legrad_maps([gradient[:, 0] for gradient in gradients])
+    def view_maps(self, recorded, gradients, view):
+        return legrad_maps([gradient[:, view] for gradient in gradients])
 
 
 METHODS = {method.name: method for method in (GradCAM(), GradCAMContrastive(), Relevancy(), LeGrad())}

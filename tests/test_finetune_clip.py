@@ -269,3 +269,20 @@ def test_balance_changes_the_training(clip_dir, cells, knowledge_file, tmp_path)
     balanced = finetune.finetune_clip(cells, tmp_path / "balanced", balance=1.0, **options)
     losses = [json.loads((d / finetune.SETTINGS_FILE).read_text())["history"][0]["loss"] for d in (plain, balanced)]
     assert losses[0] != pytest.approx(losses[1], abs=1e-6)
+
+
+@pytest.mark.parametrize("method", ["gradcam", "relevancy", "legrad"])
+def test_with_symmetric_views_a_turned_image_gets_the_turned_map(clip_dir, method):
+    """Every view counts in the embedding, so every view counts in the map: the map of a turned image is the
+    turned map (reading only the first view, it was not)."""
+    from models.clip import square_symmetries
+    from models.explain import Explainer
+
+    clip = CLIPW.from_pretrained(clip_dir, device="cpu")
+    clip.views = 8
+    explainer = Explainer(clip)
+    pixels = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    maps = explainer.prompt_maps(pixels, ["a", "b"], method=method)
+    for view, turned in enumerate(square_symmetries(pixels)):
+        expected = square_symmetries(maps[None])[view][0]
+        assert torch.allclose(explainer.prompt_maps(turned, ["a", "b"], method=method), expected, atol=1e-4)
