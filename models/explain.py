@@ -177,8 +177,8 @@ class Method:
         raise NotImplementedError
 
     def maps(self, recorded, gradients):
-        """[k, g, g]: the views' maps (a CLIP with 8 views embeds the mean of the square's symmetries, so every view
-        counts), each turned back onto the image, averaged."""
+        """[k, g, g]: the mean of the views' maps, each turned back onto the image (a CLIP with 8 views embeds
+        the mean of the square's symmetries, so every view counts)."""
         views = len(recorded[0])
         if views == 1:
             return self.view_maps(recorded, gradients, 0)

@@ -77,7 +77,6 @@ def test_phrase_drafted_captions_are_the_lms_own_in_fewer_passes(lm_kind):
                 captioner.generate(embeddings=embedding, max_new_tokens=12, phrase_draft=False))
 
 
-
 def test_the_phrase_drafts_hint_summarizes_as_many_prompts_as_the_training_labels():
     from utils.summarizer import summarize_top
 
@@ -96,6 +95,7 @@ def test_the_phrase_drafts_hint_summarizes_as_many_prompts_as_the_training_label
         assert hints[-1] == captioner.tokenizer(summary, add_special_tokens=False).input_ids + [
             captioner.tokenizer.eos_token_id]
     assert hints[0] != hints[1]  # its top 4 name both defects, its top 1 one
+
 
 def test_reduced_precisions_add_a_draft_and_keep_the_fp32_lm():
     captioner = make_tiny_captioner("llama")
