@@ -51,7 +51,7 @@ clean-demo:
 # A real domain: ELPV solar cells (README "A real domain"). Installs elpv-dataset (CC BY-NC-SA 4.0 data, for
 # this recipe only: the tests never need it), then: class folders -> fine-tuned CLIP -> auto-labels ->
 # mapper -> the bundle $(ELPV), its verdict calibrated on the training cells -> held-out figures. Every step
-# but the calibration (30 s) skips or resumes finished work: run it again.
+# but the calibration (40 s) skips or resumes finished work: run it again.
 elpv: $(VENV)/installed | $(DEMO)/config.json
 	$(UV) pip install -q --python $(PY) elpv-dataset==1.0.0.post1
 	$(PY) train/importers.py elpv --out $(ELPV_WORK)/cells

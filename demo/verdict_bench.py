@@ -3,6 +3,7 @@
     python -m demo.verdict_bench                   # verdict, risk-coverage, caption check, input checks
     python -m demo.verdict_bench --loop            # and the correction loop (two short retrainings)
     python -m demo.verdict_bench --loop-only       # the correction loop alone
+    python -m demo.verdict_bench --wide-only       # thresholds for 4:3 photos: fitted on center squares or tiles
 
 Worlds: the demo trains on seed 0 and calibrates on seed 2; this measures on seed 7 (--seed) and, for the
 loop, lets a simulated operator correct the wrongly captioned items of seed 11 (--loop-seed) from the world's
@@ -210,6 +211,41 @@ def correction_loop(args, inspector):
         "corrections": flags}
 
 
+def widened(seed, n):
+    """`n` items of a world seed, each widened to a 4:3 photo with its own border (a landscape phone shot):
+    [(picture, defective)]."""
+    from demo.world import item_rng, render_sample
+
+    items = []
+    for index in range(n):
+        sample = render_sample(item_rng(seed, index))
+        square = np.asarray(sample.image)
+        side = (square.shape[1] * 4 // 3 - square.shape[1]) // 2
+        items.append((Image.fromarray(np.pad(square, ((0, 0), (side, side), (0, 0)), mode="edge")), bool(sample.masks)))
+    return items
+
+
+def wide_calibration(inspector, fit_seed, seed, n_fit, n):
+    """Thresholds alone for 4:3 photos: fitted (as calibrate.py does, for <= 1% defective passed and <= 2% healthy
+    failed) on the calibration world's items widened, scored on CLIP's center square (what calibrate.py read
+    before 2026-12-01) or over their tiles (what it reads now); measured on held-out widened items in the tiles
+    view, the score the app's verdict reads."""
+    from models.views import photo_probabilities
+
+    clip, sentences, healthy = inspector.clip, inspector.sentences, np.array(inspector.knowledge.healthy_mask())
+    fit, held = widened(fit_seed, n_fit), widened(seed, n)
+    tiles = lambda items: np.stack([photo_probabilities(clip, p, sentences, healthy) for p, _ in items])  # noqa: E731
+    truth = lambda items: np.array([d for _, d in items])  # noqa: E731
+    held_scores, rows = cal.scores(tiles(held), healthy), {}
+    for name, probabilities in (("center square", clip.probabilities([p for p, _ in fit], sentences).numpy()),
+                                ("tiles", tiles(fit))):
+        scores = cal.scores(probabilities, healthy)
+        t_pass, t_fail = cal.calibrate(*scores, truth(fit), 0.01, 0.02)
+        rows[f"fitted on {name}"] = {"t_pass": t_pass, "t_fail": t_fail, **cal.outcome(
+            cal.decide(*held_scores, t_pass, t_fail), truth(held))}
+    return pd.DataFrame(rows).T
+
+
 def show(title, table):
     text = table.to_string(float_format=lambda v: f"{v:.4f}") if isinstance(table, pd.DataFrame) else \
         "\n".join(f"{k}: {v:.4f}" if isinstance(v, float) else f"{k}: {v}" for k, v in table.items())
@@ -234,6 +270,11 @@ def main(argv=None):
     parser.add_argument("--loop-epochs", type=int, default=1, help="retraining epochs (default: %(default)s)")
     parser.add_argument("--loop-lr", type=float, default=3e-4, help="retraining learning rate (default: %(default)s)")
     parser.add_argument("--human-repeat", type=int, default=5, help="train.py --human-repeat (default: %(default)s)")
+    parser.add_argument("--wide", action="store_true", help="also: thresholds for 4:3 photos, fitted on their "
+                                                              "center squares or their tiles")
+    parser.add_argument("--wide-only", action="store_true", help="run the 4:3 check alone")
+    parser.add_argument("--wide-n", type=int, default=600, help="4:3 photos fitted on (calibration world seed 2); "
+                                                                "--n of --seed measure them (default: %(default)s)")
     args = parser.parse_args(argv)
     started = time.perf_counter()
     run(args)
@@ -242,8 +283,11 @@ def main(argv=None):
 
 def run(args):
     inspector = Inspector.load(args.bundle)
-    if not args.loop_only:
+    if not (args.loop_only or args.wide_only):
         measure(args, inspector)
+    if args.wide or args.wide_only:
+        show(f"thresholds alone on held-out 4:3 photos (seed {args.seed}, {args.n}), tiles view",
+             wide_calibration(inspector, 2, args.seed, args.wide_n, args.n))
     if args.loop or args.loop_only:
         table, sizes = correction_loop(args, inspector)
         show("correction loop: the simulated operator's set", sizes)

@@ -63,6 +63,15 @@ def explain_photo(clip, picture, prompts, healthy, k=5, method="relevancy", view
         return _explain_photo(clip, picture, prompts, healthy, k, method, view, tile_side, extra)
 
 
+@torch.no_grad()
+def photo_probabilities(clip, picture, prompts, healthy, tile_side=0):
+    """[P] probabilities of a loaded photo as the tiles view (the app's default) scores it, without maps: every
+    tile's, aggregated; a square photo is one tile, i.e. CLIP's own view of it."""
+    boxes = tiling.tile_boxes(*picture.size, tile_side)
+    tile_probs = clip.probabilities([picture.crop(box) for box in boxes], list(prompts))
+    return tiling.aggregate(tile_probs.float().cpu().numpy(), healthy).astype(np.float32)
+
+
 def _explain_photo(clip, picture, prompts, healthy, k, method, view, tile_side, extra):
     method, explainer = get_method(method), Explainer(clip)
     text_features = explainer.text_features(prompts)

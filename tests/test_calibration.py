@@ -123,3 +123,28 @@ def test_calibrate_refuses_a_folder_it_cannot_read_as_labeled(bundle_and_folder,
     with pytest.raises(SystemExit) as stopped:
         calibrate.main(["--bundle", str(bundle_and_folder / "bundle"), "--images", str(tmp_path / "only")])
     assert stopped.value.code == 2
+
+
+def test_wide_photos_are_calibrated_on_the_score_the_app_computes(bundle_and_folder, tmp_path):
+    """The app's verdict reads a 4:3 photo's tiles, aggregated; its center crop alone scores it otherwise."""
+    from types import SimpleNamespace
+
+    from models.inspector import Inspector
+    from utils.images import load_image
+
+    root = bundle_and_folder
+    square = tmp_path / "healthy" / "square.jpg"
+    square.parent.mkdir()
+    smooth_photo(99, size=(48, 48)).save(square)
+    shutil.copy(root / "images" / "mold" / "1.jpg", tmp_path / "healthy" / "wide.jpg")  # 64 x 48
+    inspector = Inspector.load(root / "bundle", device="cpu")
+    names = ["healthy/square.jpg", "healthy/wide.jpg"]
+    center = inspector.clip.probabilities([load_image(tmp_path / n) for n in names], inspector.sentences)
+    encoded = SimpleNamespace(names=names, probabilities=center)
+    rows = calibrate.tiles_view_probabilities(encoded, tmp_path, inspector.clip, inspector.knowledge,
+                                              SimpleNamespace(progress=False))
+    app = [inspector.inspect(tmp_path / n).probabilities for n in names]
+    assert np.allclose(rows[0], center[0].numpy(), atol=1e-6)  # a square photo: one tile, CLIP's own view
+    assert np.allclose(rows[1], app[1], atol=1e-5)  # a wide one: what the app's verdict reads ...
+    assert not np.allclose(rows[1], center[1].numpy(), atol=1e-3)  # ... not its center crop
+    assert np.allclose(app[0], center[0].numpy(), atol=1e-5)

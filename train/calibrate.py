@@ -4,13 +4,14 @@
     python train/calibrate.py --bundle checkpoints/demo --images world/images --max-defective-passed 0.01
 
 The folder holds class sub-folders: those named by --healthy-classes (healthy, fresh, good, ok) hold healthy
-items, every other one (defective/, rotten/, mold/, ...) defective ones. CLIP scores each image; the
-thresholds are the most permissive that keep, on the fitted part of the folder, at most
---max-defective-passed of the defective items passed and --max-healthy-failed of the healthy ones failed;
-the rest of the folder (--check-fraction) measures them. Into the bundle go calibration.json (thresholds,
-input checks, the figures), input_statistics.safetensors (mean and precision of CLIP's middle-block features
-of the fitted photos, for the "far from anything seen" check, whose limit the held-out part sets) and
-risk_coverage.csv / .png (share decided automatically against the error among those, one row per target).
+items, every other one (defective/, rotten/, mold/, ...) defective ones. CLIP scores each image as the app's
+default view does (a wider or taller photo over its tiles, aggregated); the thresholds are the most permissive
+that keep, on the fitted part of the folder, at most --max-defective-passed of the defective items passed and
+--max-healthy-failed of the healthy ones failed; the rest of the folder (--check-fraction) measures them. Into
+the bundle go calibration.json (thresholds, input checks, the figures), input_statistics.safetensors (mean and
+precision of CLIP's middle-block features of the fitted photos, for the "far from anything seen" check, whose
+limit the held-out part sets) and risk_coverage.csv / .png (share decided automatically against the error
+among those, one row per target).
 Encoding resumes when interrupted: run the same command again.
 """
 import argparse
@@ -88,6 +89,24 @@ def encode(files, names, clip, sentences, opts, bundle):
     return encoded
 
 
+def tiles_view_probabilities(encoded, root, clip, knowledge, opts):
+    """[N, P] the probabilities the app's verdict reads: a square photo's as encoded (its one tile is CLIP's
+    view of it); a wider or taller one's over its tiles, aggregated, as the tiles view scores it (its center
+    crop alone would calibrate thresholds for a score the app never computes)."""
+    from tqdm.auto import tqdm
+
+    from models.tiling import tile_boxes
+    from models.views import photo_probabilities
+    from utils.images import load_image
+
+    probabilities = encoded.probabilities.numpy().copy()
+    for row, name in enumerate(tqdm(encoded.names, desc="tiles", unit="img", disable=not opts.progress)):
+        picture = load_image(Path(root) / name)
+        if len(tile_boxes(*picture.size)) > 1:
+            probabilities[row] = photo_probabilities(clip, picture, knowledge.sentences(), knowledge.healthy_mask())
+    return probabilities
+
+
 def colour_photos(files, seed):
     """Whether the validation photos are colour ones (then a grayscale input cannot be judged)."""
     import numpy as np
@@ -148,7 +167,7 @@ def calibrate_bundle(opts):
     encoded = encode(files, names, clip, knowledge.sentences(), opts, bundle)
     label = dict(zip(names, defective))
     d = np.array([label[name] for name in encoded.names])
-    h, p = cal.scores(encoded.probabilities.numpy(), knowledge.healthy_mask())
+    h, p = cal.scores(tiles_view_probabilities(encoded, opts.images, clip, knowledge, opts), knowledge.healthy_mask())
     fit, check = cal.split(d, opts.check_fraction, opts.seed)
     check = check if len(check) else fit
     t_pass, t_fail = cal.calibrate(h[fit], p[fit], d[fit], opts.max_defective_passed, opts.max_healthy_failed)

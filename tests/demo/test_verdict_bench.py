@@ -33,3 +33,16 @@ def test_verdict_figures_count_review_out_of_coverage_and_score_the_decided():
     assert alone["coverage"] == pytest.approx(0.75) and alone["error"] == pytest.approx(0.0)
     assert captions["caption_accuracy_decided"] == pytest.approx(2 / 3) and captions["sent_to_review"] == 0.25
     assert np.isclose(captions["caption_accuracy_all"], 0.5)
+
+
+def test_the_wide_check_widens_items_to_4_by_3_and_fits_both_scores():
+    from pathlib import Path
+
+    from models.inspector import Inspector
+
+    items = verdict_bench.widened(seed=5, n=4)
+    assert all(abs(p.size[0] / p.size[1] - 4 / 3) < 0.02 for p, _ in items)  # a square item, its border widened
+    bundle = Path(__file__).resolve().parents[2] / "checkpoints" / "demo"
+    table = verdict_bench.wide_calibration(Inspector.load(bundle, device="cpu"), 2, 7, n_fit=40, n=20)
+    assert list(table.index) == ["fitted on center square", "fitted on tiles"]
+    assert (table["items"] == 20).all() and table["coverage"].between(0, 1).all()
