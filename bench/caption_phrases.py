@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from demo.world import item_rng, render_sample
+from demo.world import item_rng, render_sample, widen_to_4_by_3
 from models.inspector import Inspector
 from utils.plot import map_to_image
 
@@ -115,9 +115,7 @@ def wide_photos(inspector, seed, n):
     decisions = {}
     for index in range(n):
         sample = render_sample(item_rng(seed, index))
-        square = np.asarray(sample.image)
-        side = (square.shape[1] * 4 // 3 - square.shape[1]) // 2
-        wide = Image.fromarray(np.pad(square, ((0, 0), (side, side), (0, 0)), mode="edge"))
+        wide = widen_to_4_by_3(sample.image)
         kind = "defective" if sample.masks else "healthy"
         for name, picture, view in (("square photo", sample.image, "tiles"), ("4:3, tiles", wide, "tiles"),
                                     ("4:3, center", wide, "center"), ("4:3, letterbox", wide, "letterbox")):

@@ -214,15 +214,10 @@ def correction_loop(args, inspector):
 def widened(seed, n):
     """`n` items of a world seed, each widened to a 4:3 photo with its own border (a landscape phone shot):
     [(picture, defective)]."""
-    from demo.world import item_rng, render_sample
+    from demo.world import item_rng, render_sample, widen_to_4_by_3
 
-    items = []
-    for index in range(n):
-        sample = render_sample(item_rng(seed, index))
-        square = np.asarray(sample.image)
-        side = (square.shape[1] * 4 // 3 - square.shape[1]) // 2
-        items.append((Image.fromarray(np.pad(square, ((0, 0), (side, side), (0, 0)), mode="edge")), bool(sample.masks)))
-    return items
+    samples = [render_sample(item_rng(seed, index)) for index in range(n)]
+    return [(widen_to_4_by_3(sample.image), bool(sample.masks)) for sample in samples]
 
 
 def wide_calibration(inspector, fit_seed, seed, n_fit, n):

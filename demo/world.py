@@ -740,6 +740,13 @@ def _visible(masks, top, covered) -> dict[str, np.ndarray]:
     return visible
 
 
+def widen_to_4_by_3(picture: Image.Image) -> Image.Image:
+    """An item's square photo widened to about 4:3 with its own border, like a landscape phone shot."""
+    square = np.asarray(picture)
+    side = (square.shape[1] * 4 // 3 - square.shape[1]) // 2
+    return Image.fromarray(np.pad(square, ((0, 0), (side, side), (0, 0)), mode="edge"))
+
+
 def item_rng(seed: int, index: int) -> np.random.Generator:
     """Independent stream per item, so any item can be redrawn alone (resume, debugging)."""
     return np.random.default_rng(np.random.SeedSequence([seed, index]))
