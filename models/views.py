@@ -4,14 +4,14 @@
 An `extra` target (models/phrases.py CaptionTarget) adds scores to the pass that the caption is written from,
 so their maps share its forward and batched backward with the prompt maps.
 """
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 
 from models import tiling
 from models.explain import Explainer, Explanation, get_method, prompt_scores
-from utils.images import center_crop_box
+from utils.images import center_crop_box, load_image
 
 
 @dataclass
@@ -70,6 +70,38 @@ def photo_probabilities(clip, picture, prompts, healthy, tile_side=0):
     boxes = tiling.tile_boxes(*picture.size, tile_side)
     tile_probs = clip.probabilities([picture.crop(box) for box in boxes], list(prompts))
     return tiling.aggregate(tile_probs.float().cpu().numpy(), healthy).astype(np.float32)
+
+
+@torch.no_grad()
+def caption_tile(clip, picture, prompts, healthy, tile_side=0):
+    """(embedding [D], probabilities [P]) of the photo's most defective tile, the one the tiles view writes the
+    caption from; a square photo is its own one tile."""
+    embeddings = clip.encode_images([picture.crop(box) for box in tiling.tile_boxes(*picture.size, tile_side)])
+    tile_probs = clip.probabilities(embeddings, list(prompts))
+    best = tiling.most_defective(tile_probs.float().cpu().numpy(), healthy)
+    return embeddings[best], tile_probs[best]
+
+
+def from_caption_tiles(encoded, root, clip, knowledge, max_pixels, progress=False):
+    """A folder's encodings (utils/encoding.py Encoded, CLIP's center squares) with every wider or taller photo's
+    replaced by its caption tile's (embedding, and probabilities when it has them), so a dataset learns from
+    what the app will caption. Square photos keep theirs (their one tile)."""
+    from pathlib import Path
+
+    from PIL import Image
+    from tqdm.auto import tqdm
+
+    embeddings, probabilities = encoded.embeddings.clone(), encoded.probabilities.clone()
+    for row, name in enumerate(tqdm(encoded.names, desc="tiles", unit="img", disable=not progress)):
+        with Image.open(Path(root) / name) as image:  # the header: a turn (EXIF) keeps a square square
+            if image.width == image.height:
+                continue
+        picture = load_image(Path(root) / name, max_pixels=max_pixels)
+        embedding, probs = caption_tile(clip, picture, knowledge.sentences(), knowledge.healthy_mask())
+        embeddings[row] = embedding
+        if probabilities.shape[1]:
+            probabilities[row] = probs
+    return replace(encoded, embeddings=embeddings, probabilities=probabilities)
 
 
 def _explain_photo(clip, picture, prompts, healthy, k, method, view, tile_side, extra):

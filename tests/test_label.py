@@ -7,13 +7,14 @@ import torch
 
 from conftest import smooth_photo
 from models.clip import CLIPW, make_word_tokenizer, tiny_clip_config
+from models.views import caption_tile, explain_photo
 from train import label
 from train.label import apply_class_prior, label_folder, load_class_prior
 from utils import encoding
 from utils.encoding import LabelError
 from utils.data import (DatasetError, DatasetMismatchError, ImageFiles, check_compatible, class_of,
                         collate_images, load_dataset, read_failed, read_image, save_dataset, stratified_split)
-from utils.images import ImageLoadError
+from utils.images import ImageLoadError, load_image
 from utils.knowledge import KnowledgeBase, load_knowledge
 from utils.summarizer import summarize
 
@@ -66,16 +67,21 @@ def test_labels_a_folder(folder, clip, tmp_path):
     assert table["id"].tolist() == ["flat", "fresh/a0", "fresh/a1", "rotten/deep/r1", "rotten/r0"]
     probs = table[["prob_1", "prob_2", "prob_3"]].to_numpy()
     assert (np.diff(probs, axis=1) <= 0).all() and (probs > 0).all() and (probs.sum(axis=1) <= 1 + 1e-5).all()
-    kinds = clip.probabilities([folder / path for path in GOOD], KB.kind_sentences())
+    # A 64x48 photo is labeled from its most defective square tile, the one the app captions it from.
+    tiles = [caption_tile(clip, load_image(folder / path), KB.sentences(), KB.healthy_mask()) for path in GOOD]
+    expected = torch.stack([embedding for embedding, _ in tiles])
+    kinds = clip.probabilities(expected, KB.kind_sentences())
     for (_, row), kind_probs in zip(table.iterrows(), kinds):
         top = [(row[f"prompt_{i}"], row[f"prob_{i}"]) for i in (1, 2, 3)]
         best = int(kind_probs.argmax())  # CLIP's likeliest kind names the product
         assert row["kind"] == KB.kinds[best].id and row["kind_prob"] == pytest.approx(kind_probs[best].item(), abs=1e-4)
         assert row["caption"] == summarize(top, KB, kind=row["kind"])
     # Row i of the embeddings is the image of CSV row i (decoded and encoded outside the pipeline).
-    expected = clip.encode_images([folder / path for path in GOOD])
     assert data.embeddings.shape == (5, clip.embed_dim)
     torch.testing.assert_close(data.embeddings, expected, atol=1e-5, rtol=0)
+    assert not torch.allclose(data.embeddings, clip.encode_images([folder / path for path in GOOD]), atol=1e-3)
+    app = explain_photo(clip, load_image(folder / GOOD[1]), KB.sentences(), KB.healthy_mask(), k=3)
+    torch.testing.assert_close(data.embeddings[1], app.explanation.embedding[0].detach(), atol=1e-5, rtol=0)
 
     failed = dict(read_failed(out))
     assert set(failed) == {"big.png", "notes.jpg", "rotten/corrupt.jpg", "fresh/logo.svg"}

@@ -8,7 +8,8 @@ for every corrupt, non-image or too large file) and manifest.json. When the know
 kinds, CLIP also picks the kind (columns kind, kind_prob) and the caption names it ("An apple with ...").
 
 Folder: searched recursively for image files (hidden files and folders skipped). The first sub-folder is
-the image's class (photos/rotten/a.jpg -> "rotten"); images directly in the folder get class "".
+the image's class (photos/rotten/a.jpg -> "rotten"); images directly in the folder get class "". A wider or
+taller photo is labeled from its most defective square tile, the one the app writes its caption from.
 
 Resuming: images are encoded in shards of --shard-size; each finished shard is saved in OUT/.parts/.
 Run the same command again after an interruption and only the missing shards are encoded, then merged;
@@ -49,6 +50,7 @@ def label_folder(image_dir, out_dir, clip, knowledge, top_k=5, batch_size=64, wo
     With shard_index set only that share of the shards is encoded (no merge); see the module docstring.
     """
     from models.clip import CLIPW
+    from models.views import from_caption_tiles
     from utils.data import class_of
     from utils.knowledge import load_knowledge
 
@@ -78,6 +80,7 @@ def label_folder(image_dir, out_dir, clip, knowledge, top_k=5, batch_size=64, wo
                             shard_index=shard_index, num_shards=num_shards)
     if encoded is None:
         return out  # this process's shards are done; a run without shard_index merges
+    encoded = from_caption_tiles(encoded, root, clip, kb, max_pixels, progress)  # what the app captions
     table = label_table(encoded, kb, inputs["top_k"], prior, prior_weight, kind_probabilities(clip, encoded, kb))
     finish_output(out, encoded.embeddings, table, inputs, encoded.failed)
     return out
