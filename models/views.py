@@ -73,16 +73,19 @@ def photo_probabilities(clip, picture, prompts, healthy, tile_side=0):
 
 
 @torch.no_grad()
-def caption_tile(clip, picture, prompts, healthy, tile_side=0):
-    """(embedding [D], probabilities [P]) of the photo's most defective tile, the one the tiles view writes the
-    caption from; a square photo is its own one tile."""
-    embeddings = clip.encode_images([picture.crop(box) for box in tiling.tile_boxes(*picture.size, tile_side)])
-    tile_probs = clip.probabilities(embeddings, list(prompts))
-    best = tiling.most_defective(tile_probs.float().cpu().numpy(), healthy)
-    return embeddings[best], tile_probs[best]
+def caption_tiles(clip, pictures, prompts, healthy, tile_side=0):
+    """([n, D] embeddings, [n, P] probabilities) of each loaded photo's most defective tile, the one the tiles
+    view writes the caption from (a square photo is its own one tile); all tiles encoded in batches."""
+    tiles = [[picture.crop(box) for box in tiling.tile_boxes(*picture.size, tile_side)] for picture in pictures]
+    embeddings = clip.encode_images([tile for photo in tiles for tile in photo])
+    probabilities = clip.probabilities(embeddings, list(prompts))
+    starts = np.cumsum([0] + [len(photo) for photo in tiles[:-1]])
+    best = [start + tiling.most_defective(probabilities[start:start + len(photo)].float().cpu().numpy(), healthy)
+            for start, photo in zip(starts, tiles)]
+    return embeddings[best], probabilities[best]
 
 
-def from_caption_tiles(encoded, root, clip, knowledge, max_pixels, progress=False):
+def from_caption_tiles(encoded, root, clip, knowledge, max_pixels, progress=False, batch_size=32):
     """A folder's encodings (utils/encoding.py Encoded, CLIP's center squares) with every wider or taller photo's
     replaced by its caption tile's (embedding, and probabilities when it has them), so a dataset learns from
     what the app will caption. Square photos keep theirs (their one tile)."""
@@ -91,16 +94,19 @@ def from_caption_tiles(encoded, root, clip, knowledge, max_pixels, progress=Fals
     from PIL import Image
     from tqdm.auto import tqdm
 
-    embeddings, probabilities = encoded.embeddings.clone(), encoded.probabilities.clone()
-    for row, name in enumerate(tqdm(encoded.names, desc="tiles", unit="img", disable=not progress)):
+    def square(name):
         with Image.open(Path(root) / name) as image:  # the header: a turn (EXIF) keeps a square square
-            if image.width == image.height:
-                continue
-        picture = load_image(Path(root) / name, max_pixels=max_pixels)
-        embedding, probs = caption_tile(clip, picture, knowledge.sentences(), knowledge.healthy_mask())
-        embeddings[row] = embedding
+            return image.width == image.height
+
+    rows = [row for row, name in enumerate(encoded.names) if not square(name)]
+    embeddings, probabilities = encoded.embeddings.clone(), encoded.probabilities.clone()
+    for start in tqdm(range(0, len(rows), batch_size), desc="tiles", unit="batch", disable=not progress):
+        chunk = rows[start:start + batch_size]
+        pictures = [load_image(Path(root) / encoded.names[row], max_pixels=max_pixels) for row in chunk]
+        tile_embeddings, tile_probs = caption_tiles(clip, pictures, knowledge.sentences(), knowledge.healthy_mask())
+        embeddings[chunk] = tile_embeddings.to(embeddings)
         if probabilities.shape[1]:
-            probabilities[row] = probs
+            probabilities[chunk] = tile_probs.to(probabilities)
     return replace(encoded, embeddings=embeddings, probabilities=probabilities)
 
 
