@@ -228,16 +228,14 @@ def wide_calibration(inspector, fit_seed, seed, n_fit, n):
     from models.views import photo_probabilities
 
     clip, sentences, healthy = inspector.clip, inspector.sentences, np.array(inspector.knowledge.healthy_mask())
-    fit, held = widened(fit_seed, n_fit), widened(seed, n)
-    tiles = lambda items: np.stack([photo_probabilities(clip, p, sentences, healthy) for p, _ in items])  # noqa: E731
-    truth = lambda items: np.array([d for _, d in items])  # noqa: E731
-    held_scores, rows = cal.scores(tiles(held), healthy), {}
-    for name, probabilities in (("center square", clip.probabilities([p for p, _ in fit], sentences).numpy()),
-                                ("tiles", tiles(fit))):
-        scores = cal.scores(probabilities, healthy)
-        t_pass, t_fail = cal.calibrate(*scores, truth(fit), 0.01, 0.02)
+    fit, fit_truth = zip(*widened(fit_seed, n_fit))
+    held, held_truth = zip(*widened(seed, n))
+    held_scores, rows = cal.scores(photo_probabilities(clip, held, sentences, healthy), healthy), {}
+    for name, probabilities in (("center square", clip.probabilities(list(fit), sentences).numpy()),
+                                ("tiles", photo_probabilities(clip, fit, sentences, healthy))):
+        t_pass, t_fail = cal.calibrate(*cal.scores(probabilities, healthy), np.array(fit_truth), 0.01, 0.02)
         rows[f"fitted on {name}"] = {"t_pass": t_pass, "t_fail": t_fail, **cal.outcome(
-            cal.decide(*held_scores, t_pass, t_fail), truth(held))}
+            cal.decide(*held_scores, t_pass, t_fail), np.array(held_truth))}
     return pd.DataFrame(rows).T
 
 

@@ -64,49 +64,61 @@ def explain_photo(clip, picture, prompts, healthy, k=5, method="relevancy", view
 
 
 @torch.no_grad()
-def photo_probabilities(clip, picture, prompts, healthy, tile_side=0):
-    """[P] probabilities of a loaded photo as the tiles view (the app's default) scores it, without maps: every
-    tile's, aggregated; a square photo is one tile, i.e. CLIP's own view of it."""
-    boxes = tiling.tile_boxes(*picture.size, tile_side)
-    tile_probs = clip.probabilities([picture.crop(box) for box in boxes], list(prompts))
-    return tiling.aggregate(tile_probs.float().cpu().numpy(), healthy).astype(np.float32)
-
-
-@torch.no_grad()
-def caption_tiles(clip, pictures, prompts, healthy, tile_side=0):
-    """([n, D] embeddings, [n, P] probabilities) of each loaded photo's most defective tile, the one the tiles
-    view writes the caption from (a square photo is its own one tile); all tiles encoded in batches."""
+def _encode_tiles(clip, pictures, prompts, tile_side=0):
+    """Every loaded photo's square tiles, encoded together: (embeddings [T, D], probabilities [T, P], each
+    photo's slice of the T tiles). A square photo is its own one tile, i.e. CLIP's own view of it."""
     tiles = [[picture.crop(box) for box in tiling.tile_boxes(*picture.size, tile_side)] for picture in pictures]
     embeddings = clip.encode_images([tile for photo in tiles for tile in photo])
-    probabilities = clip.probabilities(embeddings, list(prompts))
-    starts = np.cumsum([0] + [len(photo) for photo in tiles[:-1]])
-    best = [start + tiling.most_defective(probabilities[start:start + len(photo)].float().cpu().numpy(), healthy)
-            for start, photo in zip(starts, tiles)]
+    ends = np.cumsum([len(photo) for photo in tiles])
+    slices = [slice(end - len(photo), end) for end, photo in zip(ends, tiles)]
+    return embeddings, clip.probabilities(embeddings, list(prompts)), slices
+
+
+def photo_probabilities(clip, pictures, prompts, healthy, tile_side=0):
+    """[n, P] probabilities of loaded photos as the tiles view (the app's default) scores them, without maps:
+    each photo's tiles, aggregated (models/tiling.py)."""
+    _, probabilities, slices = _encode_tiles(clip, pictures, prompts, tile_side)
+    probabilities = probabilities.float().cpu().numpy()
+    return np.stack([tiling.aggregate(probabilities[part], healthy) for part in slices]).astype(np.float32)
+
+
+def caption_tiles(clip, pictures, prompts, healthy, tile_side=0):
+    """([n, D] embeddings, [n, P] probabilities) of each loaded photo's most defective tile, the one the tiles
+    view writes the caption from."""
+    embeddings, probabilities, slices = _encode_tiles(clip, pictures, prompts, tile_side)
+    scores = probabilities.float().cpu().numpy()
+    best = [part.start + tiling.most_defective(scores[part], healthy) for part in slices]
     return embeddings[best], probabilities[best]
 
 
-def from_caption_tiles(encoded, root, clip, knowledge, max_pixels, progress=False, batch_size=32):
-    """A folder's encodings (utils/encoding.py Encoded, CLIP's center squares) with every wider or taller photo's
-    replaced by its caption tile's (embedding, and probabilities when it has them), so a dataset learns from
-    what the app will caption. Square photos keep theirs (their one tile)."""
+def wide_photos(names, root, max_pixels, batch_size=32, progress=False):
+    """(rows, loaded photos) in batches, for the wider or taller photos among a folder's `names`: the ones whose
+    tiles view differs from CLIP's center square (a square photo is decoded no further than its header)."""
     from pathlib import Path
 
     from PIL import Image
     from tqdm.auto import tqdm
 
     def square(name):
-        with Image.open(Path(root) / name) as image:  # the header: a turn (EXIF) keeps a square square
+        with Image.open(Path(root) / name) as image:  # a turn (EXIF) keeps a square square
             return image.width == image.height
 
-    rows = [row for row, name in enumerate(encoded.names) if not square(name)]
-    embeddings, probabilities = encoded.embeddings.clone(), encoded.probabilities.clone()
+    rows = [row for row, name in enumerate(names) if not square(name)]
     for start in tqdm(range(0, len(rows), batch_size), desc="tiles", unit="batch", disable=not progress):
         chunk = rows[start:start + batch_size]
-        pictures = [load_image(Path(root) / encoded.names[row], max_pixels=max_pixels) for row in chunk]
+        yield chunk, [load_image(Path(root) / names[row], max_pixels=max_pixels) for row in chunk]
+
+
+def from_caption_tiles(encoded, root, clip, knowledge, max_pixels, progress=False):
+    """A folder's encodings (utils/encoding.py Encoded, CLIP's center squares) with every wider or taller photo's
+    replaced by its caption tile's (embedding, and probabilities when it has them), so a dataset learns from
+    what the app will caption. Square photos keep theirs (their one tile)."""
+    embeddings, probabilities = encoded.embeddings.clone(), encoded.probabilities.clone()
+    for rows, pictures in wide_photos(encoded.names, root, max_pixels, progress=progress):
         tile_embeddings, tile_probs = caption_tiles(clip, pictures, knowledge.sentences(), knowledge.healthy_mask())
-        embeddings[chunk] = tile_embeddings.to(embeddings)
+        embeddings[rows] = tile_embeddings.to(embeddings)
         if probabilities.shape[1]:
-            probabilities[chunk] = tile_probs.to(probabilities)
+            probabilities[rows] = tile_probs.to(probabilities)
     return replace(encoded, embeddings=embeddings, probabilities=probabilities)
 
 

@@ -93,19 +93,12 @@ def tiles_view_probabilities(encoded, root, clip, knowledge, opts):
     """[N, P] the probabilities the app's verdict reads: a square photo's as encoded (its one tile is CLIP's
     view of it); a wider or taller one's over its tiles, aggregated, as the tiles view scores it (its center
     crop alone would calibrate thresholds for a score the app never computes)."""
-    from PIL import Image
-    from tqdm.auto import tqdm
-
-    from models.views import photo_probabilities
-    from utils.images import load_image
+    from models.views import photo_probabilities, wide_photos
+    from utils.images import DEFAULT_MAX_PIXELS
 
     probabilities = encoded.probabilities.numpy().copy()
-    for row, name in enumerate(tqdm(encoded.names, desc="tiles", unit="img", disable=not opts.progress)):
-        with Image.open(Path(root) / name) as image:  # the header: a turn (EXIF) keeps a square square
-            if image.width == image.height:
-                continue
-        picture = load_image(Path(root) / name)
-        probabilities[row] = photo_probabilities(clip, picture, knowledge.sentences(), knowledge.healthy_mask())
+    for rows, pictures in wide_photos(encoded.names, root, DEFAULT_MAX_PIXELS, progress=opts.progress):
+        probabilities[rows] = photo_probabilities(clip, pictures, knowledge.sentences(), knowledge.healthy_mask())
     return probabilities
 
 
