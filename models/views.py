@@ -4,14 +4,14 @@
 An `extra` target (models/phrases.py CaptionTarget) adds scores to the pass that the caption is written from,
 so their maps share its forward and batched backward with the prompt maps.
 """
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from models import tiling
 from models.explain import Explainer, Explanation, get_method, prompt_scores
-from utils.images import center_crop_box, load_image
+from utils.images import center_crop_box
 
 
 @dataclass
@@ -63,63 +63,47 @@ def explain_photo(clip, picture, prompts, healthy, k=5, method="relevancy", view
         return _explain_photo(clip, picture, prompts, healthy, k, method, view, tile_side, extra)
 
 
-@torch.no_grad()
-def _encode_tiles(clip, pictures, prompts, tile_side=0):
-    """Every loaded photo's square tiles, encoded together: (embeddings [T, D], probabilities [T, P], each
-    photo's slice of the T tiles). A square photo is its own one tile, i.e. CLIP's own view of it."""
-    tiles = [[picture.crop(box) for box in tiling.tile_boxes(*picture.size, tile_side)] for picture in pictures]
-    embeddings = clip.encode_images([tile for photo in tiles for tile in photo])
-    ends = np.cumsum([len(photo) for photo in tiles])
-    slices = [slice(end - len(photo), end) for end, photo in zip(ends, tiles)]
-    return embeddings, clip.probabilities(embeddings, list(prompts)), slices
+@dataclass(frozen=True)
+class PhotoTiles:
+    """A photo as the tiles view reads it, one row per photo (what utils/encoding.py encode_shards stores): every
+    square tile encoded, then reduced to the embedding of the most defective tile (the one the app writes the
+    caption from) with that tile's probabilities, or with `aggregate` the probabilities aggregated over the tiles,
+    as the verdict reads them. A square photo is its own one tile, i.e. CLIP's own view of it."""
+    healthy: tuple  # [P] bools: which prompts are healthy
+    aggregate: bool = False
+    tile_side: int = 0
+
+    @property
+    def key(self) -> str:
+        """Everything the rows depend on besides the CLIP and the prompts (a resumed run's shards must match)."""
+        return f"tiles side={self.tile_side} aggregate={self.aggregate} healthy={''.join(map(str, map(int, self.healthy)))}"
+
+    def boxes(self, width, height):
+        return tiling.tile_boxes(width, height, self.tile_side)
+
+    def reduce(self, embeddings, probabilities):
+        """One photo's tiles ([t, D], [t, P]) -> its row ([D], [P])."""
+        scores = probabilities.float().cpu().numpy()
+        best = tiling.most_defective(scores, self.healthy)
+        if not self.aggregate:
+            return embeddings[best], probabilities[best]
+        return embeddings[best], torch.from_numpy(tiling.aggregate(scores, self.healthy)).to(probabilities)
+
+    @torch.no_grad()
+    def encode(self, clip, pictures, prompts):
+        """Loaded photos -> ([n, D] embeddings, [n, P] probabilities over `prompts`), their tiles in one batch."""
+        tiles = [[picture.crop(box) for box in self.boxes(*picture.size)] for picture in pictures]
+        embeddings = clip.encode_images([tile for photo in tiles for tile in photo])
+        probabilities = clip.probabilities(embeddings, list(prompts))
+        counts = [len(photo) for photo in tiles]
+        rows = [self.reduce(*photo) for photo in zip(embeddings.split(counts), probabilities.split(counts))]
+        return torch.stack([e for e, _ in rows]), torch.stack([p for _, p in rows])
 
 
-def photo_probabilities(clip, pictures, prompts, healthy, tile_side=0):
-    """[n, P] probabilities of loaded photos as the tiles view (the app's default) scores them, without maps:
-    each photo's tiles, aggregated (models/tiling.py)."""
-    _, probabilities, slices = _encode_tiles(clip, pictures, prompts, tile_side)
-    probabilities = probabilities.float().cpu().numpy()
-    return np.stack([tiling.aggregate(probabilities[part], healthy) for part in slices]).astype(np.float32)
-
-
-def caption_tiles(clip, pictures, prompts, healthy, tile_side=0):
-    """([n, D] embeddings, [n, P] probabilities) of each loaded photo's most defective tile, the one the tiles
-    view writes the caption from."""
-    embeddings, probabilities, slices = _encode_tiles(clip, pictures, prompts, tile_side)
-    scores = probabilities.float().cpu().numpy()
-    best = [part.start + tiling.most_defective(scores[part], healthy) for part in slices]
-    return embeddings[best], probabilities[best]
-
-
-def wide_photos(names, root, max_pixels, batch_size=32, progress=False):
-    """(rows, loaded photos) in batches, for the wider or taller photos among a folder's `names`: the ones whose
-    tiles view differs from CLIP's center square (a square photo is decoded no further than its header)."""
-    from pathlib import Path
-
-    from PIL import Image
-    from tqdm.auto import tqdm
-
-    def square(name):
-        with Image.open(Path(root) / name) as image:  # a turn (EXIF) keeps a square square
-            return image.width == image.height
-
-    rows = [row for row, name in enumerate(names) if not square(name)]
-    for start in tqdm(range(0, len(rows), batch_size), desc="tiles", unit="batch", disable=not progress):
-        chunk = rows[start:start + batch_size]
-        yield chunk, [load_image(Path(root) / names[row], max_pixels=max_pixels) for row in chunk]
-
-
-def from_caption_tiles(encoded, root, clip, knowledge, max_pixels, progress=False):
-    """A folder's encodings (utils/encoding.py Encoded, CLIP's center squares) with every wider or taller photo's
-    replaced by its caption tile's (embedding, and probabilities when it has them), so a dataset learns from
-    what the app will caption. Square photos keep theirs (their one tile)."""
-    embeddings, probabilities = encoded.embeddings.clone(), encoded.probabilities.clone()
-    for rows, pictures in wide_photos(encoded.names, root, max_pixels, progress=progress):
-        tile_embeddings, tile_probs = caption_tiles(clip, pictures, knowledge.sentences(), knowledge.healthy_mask())
-        embeddings[rows] = tile_embeddings.to(embeddings)
-        if probabilities.shape[1]:
-            probabilities[rows] = tile_probs.to(probabilities)
-    return replace(encoded, embeddings=embeddings, probabilities=probabilities)
+def photo_probabilities(clip, pictures, prompts, healthy):
+    """[n, P] probabilities of loaded photos as the tiles view (the app's default) scores them, without maps."""
+    tiles = PhotoTiles(tuple(map(bool, healthy)), aggregate=True)
+    return tiles.encode(clip, pictures, prompts)[1].float().cpu().numpy()
 
 
 def _explain_photo(clip, picture, prompts, healthy, k, method, view, tile_side, extra):

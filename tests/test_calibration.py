@@ -140,9 +140,10 @@ def test_wide_photos_are_calibrated_on_the_score_the_app_computes(bundle_and_fol
     inspector = Inspector.load(root / "bundle", device="cpu")
     names = ["healthy/square.jpg", "healthy/wide.jpg"]
     center = inspector.clip.probabilities([load_image(tmp_path / n) for n in names], inspector.sentences)
-    encoded = SimpleNamespace(names=names, probabilities=center)
-    rows = calibrate.tiles_view_probabilities(encoded, tmp_path, inspector.clip, inspector.knowledge,
-                                              SimpleNamespace(progress=False))
+    opts = SimpleNamespace(batch_size=8, workers=0, progress=False, images=tmp_path)
+    encoded = calibrate.encode([tmp_path / n for n in names], names, inspector.clip, inspector.knowledge, opts,
+                               tmp_path / "bundle")
+    rows = encoded.probabilities.numpy()
     app = [inspector.inspect(tmp_path / n).probabilities for n in names]
     assert np.allclose(rows[0], center[0].numpy(), atol=1e-6)  # a square photo: one tile, CLIP's own view
     assert np.allclose(rows[1], app[1], atol=1e-5)  # a wide one: what the app's verdict reads ...

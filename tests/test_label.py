@@ -7,7 +7,7 @@ import torch
 
 from conftest import smooth_photo
 from models.clip import CLIPW, make_word_tokenizer, tiny_clip_config
-from models.views import caption_tiles, explain_photo
+from models.views import PhotoTiles, explain_photo
 from train import label
 from train.label import apply_class_prior, label_folder, load_class_prior
 from utils import encoding
@@ -68,7 +68,8 @@ def test_labels_a_folder(folder, clip, tmp_path):
     probs = table[["prob_1", "prob_2", "prob_3"]].to_numpy()
     assert (np.diff(probs, axis=1) <= 0).all() and (probs > 0).all() and (probs.sum(axis=1) <= 1 + 1e-5).all()
     # A 64x48 photo is labeled from its most defective square tile, the one the app captions it from.
-    expected = torch.cat([caption_tiles(clip, [load_image(folder / path)], KB.sentences(), KB.healthy_mask())[0]
+    tiles = PhotoTiles(tuple(KB.healthy_mask()))
+    expected = torch.cat([tiles.encode(clip, [load_image(folder / path)], KB.sentences())[0]
                           for path in GOOD])  # one photo at a time: the folder's batches give the same rows
     kinds = clip.probabilities(expected, KB.kind_sentences())
     for (_, row), kind_probs in zip(table.iterrows(), kinds):

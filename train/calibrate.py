@@ -74,32 +74,23 @@ def labeled_images(folder, healthy_classes):
     return files, names, [class_of(n, "") not in healthy for n in names]
 
 
-def encode(files, names, clip, sentences, opts, bundle):
-    """CLIP embeddings and probabilities of the decodable images, resumably (shards next to the bundle)."""
+def encode(files, names, clip, knowledge, opts, bundle):
+    """The probabilities the app's verdict reads of each decodable image, resumably (shards next to the bundle): a
+    wider or taller photo's aggregated over its tiles as the tiles view scores it (its center crop alone would
+    calibrate thresholds for a score the app never computes)."""
+    from models.views import PhotoTiles
     from utils.encoding import encode_shards, file_stats
 
     parts = bundle.parent / f".{bundle.name}.calibration-parts"
-    encoded = encode_shards(files, names, file_stats(files, names), parts, clip, sentences,
-                            batch_size=opts.batch_size, workers=opts.workers, progress=opts.progress)
+    encoded = encode_shards(files, names, file_stats(files, names), parts, clip, knowledge.sentences(),
+                            batch_size=opts.batch_size, workers=opts.workers, progress=opts.progress,
+                            tiles=PhotoTiles(tuple(knowledge.healthy_mask()), aggregate=True))
     shutil.rmtree(parts, ignore_errors=True)
     for name, reason in encoded.failed:
         print(f"skipped {name}: {reason}")
     if not encoded.names:
         raise ValueError(f"{opts.images}: none of the images could be read")
     return encoded
-
-
-def tiles_view_probabilities(encoded, root, clip, knowledge, opts):
-    """[N, P] the probabilities the app's verdict reads: a square photo's as encoded (its one tile is CLIP's
-    view of it); a wider or taller one's over its tiles, aggregated, as the tiles view scores it (its center
-    crop alone would calibrate thresholds for a score the app never computes)."""
-    from models.views import photo_probabilities, wide_photos
-    from utils.images import DEFAULT_MAX_PIXELS
-
-    probabilities = encoded.probabilities.numpy().copy()
-    for rows, pictures in wide_photos(encoded.names, root, DEFAULT_MAX_PIXELS, progress=opts.progress):
-        probabilities[rows] = photo_probabilities(clip, pictures, knowledge.sentences(), knowledge.healthy_mask())
-    return probabilities
 
 
 def colour_photos(files, seed):
@@ -159,10 +150,10 @@ def calibrate_bundle(opts):
     knowledge = load_knowledge(config.knowledge)
     files, names, defective = labeled_images(opts.images, opts.healthy_classes)
     clip = CLIPW.from_pretrained(clip_source(bundle, config), opts.device)
-    encoded = encode(files, names, clip, knowledge.sentences(), opts, bundle)
+    encoded = encode(files, names, clip, knowledge, opts, bundle)
     label = dict(zip(names, defective))
     d = np.array([label[name] for name in encoded.names])
-    h, p = cal.scores(tiles_view_probabilities(encoded, opts.images, clip, knowledge, opts), knowledge.healthy_mask())
+    h, p = cal.scores(encoded.probabilities.numpy(), knowledge.healthy_mask())
     fit, check = cal.split(d, opts.check_fraction, opts.seed)
     check = check if len(check) else fit
     t_pass, t_fail = cal.calibrate(h[fit], p[fit], d[fit], opts.max_defective_passed, opts.max_healthy_failed)

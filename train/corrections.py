@@ -60,7 +60,7 @@ def import_reviews(review_dir, out_dir, clip, *, knowledge=None, batch_size=64, 
     import pandas as pd
 
     from models.clip import CLIPW
-    from models.views import from_caption_tiles
+    from models.views import PhotoTiles
     from utils.caption_words import named_defects
 
     check_settings(batch_size=batch_size, workers=workers, shard_size=shard_size)
@@ -78,9 +78,9 @@ def import_reviews(review_dir, out_dir, clip, *, knowledge=None, batch_size=64, 
     out = Path(out_dir)
     if start_output(out, inputs, overwrite):
         return out
-    encoded = encode_shards(files, names, stats, out / PARTS, clip, [], shard_size=shard_size, batch_size=batch_size,
-                            workers=workers, max_pixels=max_pixels, progress=progress)
-    encoded = from_caption_tiles(encoded, root, clip, kb, max_pixels, progress)  # as label.py: what the app captions
+    encoded = encode_shards(files, names, stats, out / PARTS, clip, kb.sentences(), shard_size=shard_size,
+                            batch_size=batch_size, workers=workers, max_pixels=max_pixels, progress=progress,
+                            tiles=PhotoTiles(tuple(kb.healthy_mask())))  # as label.py: the tile the app captions
     by_name = {row["image"]: (row, caption) for row, caption in items}
     table = pd.DataFrame([{"id": by_name[n][0]["id"], "path": n,
                            "class": "defective" if named_defects(by_name[n][1], kb) else "healthy",

@@ -50,7 +50,7 @@ def label_folder(image_dir, out_dir, clip, knowledge, top_k=5, batch_size=64, wo
     With shard_index set only that share of the shards is encoded (no merge); see the module docstring.
     """
     from models.clip import CLIPW
-    from models.views import from_caption_tiles
+    from models.views import PhotoTiles
     from utils.data import class_of
     from utils.knowledge import load_knowledge
 
@@ -77,10 +77,10 @@ def label_folder(image_dir, out_dir, clip, knowledge, top_k=5, batch_size=64, wo
         return out
     encoded = encode_shards(files, names, stats, out / PARTS, clip, kb.sentences(), shard_size=shard_size,
                             batch_size=batch_size, workers=workers, max_pixels=max_pixels, progress=progress,
-                            shard_index=shard_index, num_shards=num_shards)
+                            shard_index=shard_index, num_shards=num_shards,
+                            tiles=PhotoTiles(tuple(kb.healthy_mask())))  # the tile the app captions
     if encoded is None:
         return out  # this process's shards are done; a run without shard_index merges
-    encoded = from_caption_tiles(encoded, root, clip, kb, max_pixels, progress)  # what the app captions
     table = label_table(encoded, kb, inputs["top_k"], prior, prior_weight, kind_probabilities(clip, encoded, kb))
     finish_output(out, encoded.embeddings, table, inputs, encoded.failed)
     return out

@@ -182,14 +182,17 @@ class ImageFiles(Dataset):
     """Image paths -> (index, pixels [3, S, S] or None, error) through a CLIPW's processor.
 
     Made for DataLoader workers: decoding and preprocessing run there, and a bad file comes back as an
-    error string (corrupt, not an image, too large, missing) instead of stopping the run.
+    error string (corrupt, not an image, too large, missing) instead of stopping the run. With `tiles` (an
+    object whose boxes(width, height) lists square crops, e.g. models/views.py PhotoTiles) the pixels are
+    every crop's, [t, 3, S, S] (collate_tiles).
     """
 
-    def __init__(self, paths, processor, max_pixels=DEFAULT_MAX_PIXELS, draft=True):
+    def __init__(self, paths, processor, max_pixels=DEFAULT_MAX_PIXELS, draft=True, tiles=None):
         self.paths = [str(p) for p in paths]
         self.processor = getattr(processor, "processor", processor)  # a CLIPW or its image processor
         self.max_pixels = max_pixels
         self.draft_size = _input_side(self.processor) if draft else 0
+        self.tiles = tiles
 
     def __len__(self):
         return len(self.paths)
@@ -198,7 +201,9 @@ class ImageFiles(Dataset):
         path = self.paths[index]
         try:
             image = read_image(path, self.max_pixels, self.draft_size)
-            pixels = self.processor(images=[image], return_tensors="pt")["pixel_values"][0]
+            crops = [image] if self.tiles is None else [image.crop(box) for box in self.tiles.boxes(*image.size)]
+            pixels = self.processor(images=crops, return_tensors="pt")["pixel_values"]
+            pixels = pixels[0] if self.tiles is None else pixels
         except ImageLoadError as error:  # the failed list names the file already
             return index, None, str(error).removeprefix(f"{path}: ").replace(f" '{path}'", "")
         except Exception as error:  # noqa: BLE001 -- one odd file must not end a long labeling run
@@ -222,6 +227,15 @@ def collate_images(batch):
     failed = [(index, error) for index, pixels, error in batch if pixels is None]
     pixels = torch.stack([p for _, p in good]) if good else None
     return [index for index, _ in good], pixels, failed
+
+
+def collate_tiles(batch):
+    """[(index, tiles [t, 3, S, S] | None, error)] -> (indices decoded, all their tiles [T, 3, S, S] or None, tiles
+    per index decoded, [(index, error)])."""
+    good = [(index, tiles) for index, tiles, _ in batch if tiles is not None]
+    failed = [(index, error) for index, tiles, error in batch if tiles is None]
+    pixels = torch.cat([tiles for _, tiles in good]) if good else None
+    return [index for index, _ in good], pixels, [len(tiles) for _, tiles in good], failed
 
 
 def one_thread_worker(_worker_id):

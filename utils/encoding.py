@@ -119,51 +119,63 @@ def _clear(out):
 
 
 def encode_shards(files, names, stats, parts_dir, clip, sentences, *, shard_size=SHARD_SIZE, batch_size=64,
-                  workers=2, max_pixels=DEFAULT_MAX_PIXELS, progress=True, shard_index=None, num_shards=1, draft=True):
+                  workers=2, max_pixels=DEFAULT_MAX_PIXELS, progress=True, shard_index=None, num_shards=1, draft=True,
+                  tiles=None):
     """Encode the files whose shard part is missing or stale, then merge all parts -> Encoded.
 
-    Returns None when run for one share of the shards (shard_index), which leaves the merge to a full run.
+    Each image is CLIP's center square of it; with `tiles` (models/views.py PhotoTiles) it is every square tile of
+    it, encoded and reduced to one row by tiles.reduce(embeddings, probabilities) (the probabilities are over
+    `sentences`). Returns None when run for one share of the shards (shard_index), which leaves the merge to a
+    full run.
     """
     parts_dir = Path(parts_dir)
     parts_dir.mkdir(parents=True, exist_ok=True)
     # A shard's key covers everything its numbers depend on, so a stale part is never reused.
-    setting = json.dumps([clip.name, clip.embed_dim, list(sentences), max_pixels])
+    setting = json.dumps([clip.name, clip.embed_dim, list(sentences), max_pixels, tiles and tiles.key])
     shards = [range(start, min(start + shard_size, len(files))) for start in range(0, len(files), shard_size)]
     keys = [digest([setting, *stats[shard.start:shard.stop]]) for shard in shards]
     mine = [s for s in range(len(shards)) if shard_index is None or s % num_shards == shard_index]
     todo = [s for s in mine if _part_key(parts_dir, s) != keys[s]]
     if todo:
         _encode(files, shards, todo, keys, parts_dir, clip, sentences, batch_size, workers, max_pixels, progress,
-                draft)
+                draft, tiles)
     if shard_index is not None:
         return None
     return _merge(parts_dir, shards, names)
 
 
-def _encode(files, shards, todo, keys, parts_dir, clip, sentences, batch_size, workers, max_pixels, progress, draft):
+def _encode(files, shards, todo, keys, parts_dir, clip, sentences, batch_size, workers, max_pixels, progress, draft,
+            tiles):
     from torch.utils.data import DataLoader
     from tqdm.auto import tqdm
 
-    from utils.data import ImageFiles, collate_images, one_thread_worker
+    from utils.data import ImageFiles, collate_tiles, one_thread_worker
 
     # Batches never straddle shards, so a resumed shard is encoded exactly as in an uninterrupted run.
     batches = [list(shards[s][i:i + batch_size]) for s in todo for i in range(0, len(shards[s]), batch_size)]
     shard_of_batch = [s for s in todo for _ in range(0, len(shards[s]), batch_size)]
-    loader = DataLoader(ImageFiles(files, clip, max_pixels=max_pixels, draft=draft), batch_sampler=batches,
-                        num_workers=workers, collate_fn=collate_images,
+    loader = DataLoader(ImageFiles(files, clip, max_pixels=max_pixels, draft=draft, tiles=tiles), batch_sampler=batches,
+                        num_workers=workers, collate_fn=collate_tiles if tiles else _one_tile_each,
                         worker_init_fn=one_thread_worker if workers else None,
                         pin_memory=clip.device.type == "cuda")
     results, left = {}, {s: len(shards[s]) for s in todo}
     with tqdm(total=sum(left.values()), unit="img", desc="encoding", disable=not progress) as bar:
-        for s, (indices, pixels, failed) in zip(shard_of_batch, loader):
-            results.setdefault(s, []).append((indices, _encode_batch(clip, pixels, sentences), failed))
+        for s, (indices, pixels, counts, failed) in zip(shard_of_batch, loader):
+            results.setdefault(s, []).append((indices, _encode_batch(clip, pixels, sentences, counts, tiles), failed))
             left[s] -= len(indices) + len(failed)
             bar.update(len(indices) + len(failed))
             if left[s] == 0:
                 _write_part(parts_dir, s, keys[s], shards[s], results.pop(s), clip.embed_dim, len(sentences))
 
 
-def _encode_batch(clip, pixels, sentences):
+def _one_tile_each(batch):
+    from utils.data import collate_images
+
+    indices, pixels, failed = collate_images(batch)
+    return indices, pixels, [1] * len(indices), failed
+
+
+def _encode_batch(clip, pixels, sentences, counts, tiles):
     import torch
 
     if pixels is None:
@@ -171,7 +183,11 @@ def _encode_batch(clip, pixels, sentences):
     features = clip.encode_images(pixels.to(clip.device, non_blocking=True), batch_size=len(pixels))
     with torch.no_grad():
         probabilities = clip.logits(features, sentences).softmax(dim=-1) if sentences else features[:, :0]
-    return features.float().cpu(), probabilities.float().cpu()
+    features, probabilities = features.float().cpu(), probabilities.float().cpu()
+    if tiles is None:
+        return features, probabilities
+    rows = [tiles.reduce(*photo) for photo in zip(features.split(counts), probabilities.split(counts))]
+    return torch.stack([e for e, _ in rows]), torch.stack([p for _, p in rows])
 
 
 def _part_path(parts_dir, s):
