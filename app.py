@@ -149,6 +149,9 @@ def _generation_settings(generate):
         constrained=gr.Checkbox(generate.constrained, label="Knowledge-base phrases only",
                                 info="the caption can only be a sentence the knowledge base's summarizer could "
                                      "write: no repeated or invented defect phrases"),
+        clip_kind=gr.Checkbox(generate.clip_kind, label="Kind from CLIP",
+                              info="the caption names the kind the Kind line shows (CLIP's likeliest); off: the "
+                                   "language model's own word"),
         temperature=gr.Slider(0, 2, value=generate.temperature, step=0.05, label="Temperature",
                               info="0 = greedy (or beam search); 0.3-1 samples varied captions; above ~1.2 they "
                                    "turn to gibberish"),

@@ -80,6 +80,9 @@ class GenerationOptions:
     phrase_draft: bool = option(True, "greedy caption of one photo: phrases of the knowledge base's sentences "
                                       "are proposed several tokens at a time and the LM checks them in one pass "
                                       "(the LM's own caption, fewer passes); off = one pass per token")
+    clip_kind: bool = option(True, "with a knowledge base of product kinds, a caption naming another kind than "
+                                   "CLIP's likeliest (the app's Kind line) names CLIP's instead; off = the LM's word "
+                                   "(a caption start given by the user is never changed)")
     prefix_text: str = option(None, "the caption's first words, which the LM continues (shown as part of the "
                                     "caption; default: none, the bundle's own prompt)")
     seed: int = option(None, "seed for sampling (default: a new one each time; the one drawn is reported)",

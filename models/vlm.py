@@ -14,6 +14,7 @@ from torch import nn
 from models.clip import CLIPW
 from models.config import PRECISIONS, CaptionerConfig, GenerationOptions
 from models.checked import GreedyRule, ModelDraft, PhraseDraft, checked_greedy
+from models.kinds import name_kind
 from models.lm import draft_lm, load_lm, set_trainable
 from models.mapper import build_mapper
 from models.verdict import BUNDLE_FILES
@@ -132,7 +133,18 @@ class ClipCaptioner(nn.Module):
         if options.prefix_text:  # decoded together, so the tokenizer puts the space between them
             start = self.tokenizer(options.prefix_text, add_special_tokens=False).input_ids
             ids = [start + row for row in ids]
-        return [_clean(text) for text in self.tokenizer.batch_decode(ids, skip_special_tokens=True)]
+        captions = [_clean(text) for text in self.tokenizer.batch_decode(ids, skip_special_tokens=True)]
+        if options.clip_kind and not options.prefix_text:  # a caption start the user wrote stays as written
+            captions = self._name_clip_kinds(captions, embeddings)
+        return captions
+
+    def _name_clip_kinds(self, captions, embeddings):
+        """Each caption naming the kind CLIP finds likeliest (models/kinds.py), when the knowledge base has kinds."""
+        knowledge = self._grammar.knowledge
+        if not knowledge.kinds:
+            return captions
+        kinds = self.clip.logits(embeddings.float(), knowledge.kind_sentences()).argmax(-1).tolist()
+        return [name_kind(caption, knowledge, knowledge.kinds[kind]) for caption, kind in zip(captions, kinds)]
 
     def _draft(self, options, rows):
         """What drafts greedy captions for the fp32 LM to check (models/checked.py): the reduced-precision copy

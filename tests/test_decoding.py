@@ -11,9 +11,10 @@ from models.clip import make_word_tokenizer
 from models.config import CaptionerConfig, GenerationOptions
 from models.constrained import CaptionGrammar
 from models.inspector import Inspector
+from models.kinds import name_kind
 from models.vlm import ClipCaptioner
 from utils.caption_words import repeated_phrase
-from utils.knowledge import load_knowledge
+from utils.knowledge import KnowledgeBase, indefinite_article, load_knowledge
 from utils.summarizer import defect_sentence, healthy_sentence
 
 FRUIT = load_knowledge("fruit")
@@ -130,6 +131,30 @@ def test_the_product_kind_comes_from_clip(repeater):
         generation=GenerationOptions(max_new_tokens=4))
     kind, probability = inspection.kind
     assert kind in FRUIT.kinds and 1 / len(FRUIT.kinds) <= probability <= 1
+
+
+def test_the_caption_names_the_kind_clip_sees(repeater):
+    captioner, embeddings = repeater
+    row = embeddings[3:4]  # taught "an apple with green mold and a bruise."
+    kind = FRUIT.kinds[int(captioner.clip.logits(row, FRUIT.kind_sentences()).argmax())]
+    assert kind.noun != "apple"  # CLIP sees another kind here, so the test below could fail
+    own = captioner.generate(embeddings=row, clip_kind=False)[0]
+    assert own == CAPTIONS[1]
+    assert captioner.generate(embeddings=row)[0] == f"{indefinite_article(kind.noun)} {kind.noun} with green mold and a bruise."
+    assert captioner.generate(embeddings=row, prefix_text="an apple")[0].startswith("an apple")  # the user's words
+
+
+def test_another_kinds_noun_becomes_clips_with_its_article():
+    pear, apple = FRUIT.kind("pear"), FRUIT.kind("apple")
+    assert name_kind("A lemon with soft brown rot.", FRUIT, pear) == "A pear with soft brown rot."
+    assert name_kind("A pear with a cut.", FRUIT, apple) == "An apple with a cut."
+    assert name_kind("A fresh lemon; lemons.", FRUIT, apple) == "A fresh apple; lemons."  # "fresh" keeps its article
+    assert name_kind("An orange with blue mold.", FRUIT, apple) == "An apple with blue mold."
+    coloured = KnowledgeBase.from_dict({
+        "domain": "fruit", "template": "a photo of a {domain} with {prompt}", "kinds": [{"id": "orange"}, {"id": "pear"}],
+        "prompts": {"defects": [{"id": "spot", "text": "an orange spot"}], "healthy": [{"id": "ok", "text": "no spots",
+                                                                                         "healthy": True}]}})
+    assert name_kind("A pear with an orange spot.", coloured, coloured.kind("pear")) == "A pear with an orange spot."
 
 
 def test_the_ngram_ban_is_blind_to_case():
