@@ -140,7 +140,7 @@ class ClipCaptioner(nn.Module):
 
     def _name_clip_kinds(self, captions, embeddings):
         """Each caption naming the kind CLIP finds likeliest (models/kinds.py), when the knowledge base has kinds."""
-        knowledge = self._grammar.knowledge
+        knowledge = self._knowledge
         if not knowledge.kinds:
             return captions
         kinds = self.clip.logits(embeddings.float(), knowledge.kind_sentences()).argmax(-1).tolist()
@@ -162,7 +162,7 @@ class ClipCaptioner(nn.Module):
         summary of its top-k knowledge-base prompts (k as in the training labels), naming CLIP's likeliest kind."""
         from utils.summarizer import summarize_top
 
-        knowledge = self._grammar.knowledge
+        knowledge = self._knowledge
         with torch.no_grad():
             probs = self.clip.probabilities(embedding.float(), knowledge.sentences())[0]
             kinds = self.clip.logits(embedding.float(), knowledge.kind_sentences())[0] if knowledge.kinds else None
@@ -232,11 +232,18 @@ class ClipCaptioner(nn.Module):
         return caseless_classes(self._token_texts)
 
     @functools.cached_property
+    def _knowledge(self):
+        """The knowledge base the bundle was trained with."""
+        from utils.knowledge import load_knowledge
+
+        return load_knowledge(self.config.knowledge)
+
+    @functools.cached_property
     def _grammar(self):
         """Constrained decoding's grammar over the knowledge base the bundle was trained with."""
         from models.constrained import CaptionGrammar
 
-        return CaptionGrammar(self.config.knowledge, self.tokenizer)
+        return CaptionGrammar(self._knowledge, self.tokenizer)
 
     def caption_embeddings(self, embeddings, options=None, batch_size=32, progress=False, desc="captioning"):
         """Captions for many stored CLIP embeddings [N, D], batch by batch, with an optional progress bar."""

@@ -144,6 +144,15 @@ def test_the_caption_names_the_kind_clip_sees(repeater):
     assert captioner.generate(embeddings=row, prefix_text="an apple")[0].startswith("an apple")  # the user's words
 
 
+def test_an_lm_whose_tokenizer_the_grammar_does_not_fit_still_captions(monkeypatch):
+    def does_not_fit(*args, **kwargs):
+        raise ValueError("constrained decoding: this tokenizer splits ... differently")
+
+    monkeypatch.setattr(CaptionGrammar, "__init__", does_not_fit)  # as for OPT's tokenizer and the fruit sentences
+    captioner, embeddings = captioner_trained_on(CAPTIONS[:1], steps=1)
+    assert len(captioner.generate(embeddings=embeddings, max_new_tokens=3)) == 1  # no phrase draft, kinds named
+
+
 def test_another_kinds_noun_becomes_clips_with_its_article():
     pear, apple = FRUIT.kind("pear"), FRUIT.kind("apple")
     assert name_kind("A lemon with soft brown rot.", FRUIT, pear) == "A pear with soft brown rot."
