@@ -147,9 +147,10 @@ def prompt_explainers(clip, knowledge):
 
 
 def explanation_scores(clip, world, truth, knowledge, pixels, items, captioner=None, captions=None, steps=16):
-    """Per explainer (prompt_explainers, and the caption map): the mean of every metric and ms per map, and
-    the same metrics for random maps. A prompt map explains the item's true primary defect prompt against
-    its mask; the caption map explains the generated caption against the union of the item's masks."""
+    """One row per item and explainer (prompt_explainers, and the caption map): every metric and ms per map, the
+    same metrics for random maps, and whether CLIP ranks the explained prompt first of all (`recognized`; none
+    for the caption map). A prompt map explains the item's true primary defect prompt against its mask; the
+    caption map explains the generated caption against the union of the item's masks."""
     from models.explain import Explainer
     from models.faithfulness import prompt_probability
 
@@ -158,14 +159,16 @@ def explanation_scores(clip, world, truth, knowledge, pixels, items, captioner=N
         row, image = truth.iloc[i], pixels[i:i + 1].to(clip.device)
         masks, index = load_masks(world, row["id"]), knowledge.index(row["primary"])
         score_fn = prompt_probability(clip, knowledge.sentences(), index)
-        rows += _scored(explainers, image, index, masks[row["primary"]], score_fn, clip.patch_grid, steps, i)
+        recognized = bool(clip.probabilities(image, knowledge.sentences())[0].argmax() == index)
+        rows += [{**scored, "recognized": recognized} for scored in
+                 _scored(explainers, image, index, masks[row["primary"]], score_fn, clip.patch_grid, steps, i)]
         if captioner is not None:
             caption = {"caption map": lambda image, _: Explainer(clip).caption_map(captioner, image, captions[i],
                                                                                    method=APP_METHOD)[0]}
             union = np.any(np.stack(list(masks.values())), axis=0)
             rows += _scored(caption, image, None, union, caption_score_fn(captioner, captions[i]), clip.patch_grid,
                             steps, i, random_name="random maps (caption)")
-    return pd.DataFrame(rows).groupby("method", sort=False).mean(numeric_only=True)
+    return pd.DataFrame(rows)
 
 
 def _scored(explainers, image, index, mask, score_fn, grid, steps, seed, random_name="random maps"):
@@ -175,18 +178,34 @@ def _scored(explainers, image, index, mask, score_fn, grid, steps, seed, random_
         start = time.perf_counter()
         saliency = explain(image, index)
         milliseconds = 1000 * (time.perf_counter() - start)
-        rows.append({"method": name, **map_scores(saliency, mask, score_fn, image, steps), "ms": milliseconds})
-    rows.append({"method": random_name, **random_scores(grid, mask, score_fn, image, seed, steps), "ms": np.nan})
+        rows.append({"method": name, "item": seed, **map_scores(saliency, mask, score_fn, image, steps),
+                     "ms": milliseconds})
+    rows.append({"method": random_name, "item": seed, **random_scores(grid, mask, score_fn, image, seed, steps),
+                 "ms": np.nan})
     return rows
 
 
-def explanation_table(frame):
-    """Methods as rows, metrics as columns, the random rows last; deletion AUC: lower is better."""
+def explanation_table(rows):
+    """Methods as rows, metrics as columns (means over the items), the random rows last; deletion AUC: lower is
+    better."""
+    frame = rows.groupby("method", sort=False).mean(numeric_only=True)
     randoms = [name for name in frame.index if name.startswith("random")]
     frame = frame.loc[[name for name in frame.index if name not in randoms] + randoms, [*METRICS, "ms"]]
     shown = frame.rename(columns={**METRICS, "ms": "ms/map"}).rename_axis(None)
     return shown.to_string(float_format=lambda v: f"{v:.3f}", na_rep="-",
                            formatters={"ms/map": lambda v: "-" if np.isnan(v) else f"{v:.0f}"})
+
+
+def recognition_table(rows):
+    """Strict pointing of each prompt map where CLIP ranks the explained defect first and where it does not: a map
+    can only show where the CLIP sees a defect, so the first column is the method's, the second the CLIP's share."""
+    prompts = rows[rows["recognized"].notna()]
+    counts = prompts.groupby("recognized")["item"].nunique()
+    frame = prompts.pivot_table(index="method", columns="recognized", values="strict", aggfunc="mean", sort=False)
+    frame = frame.reindex(columns=[True, False]).rename(columns={
+        True: f"ranked first by CLIP (n={counts.get(True, 0)})", False: f"not first (n={counts.get(False, 0)})"})
+    return "strict pointing by CLIP's rank of the explained defect\n" + frame.rename_axis(None, axis=0).rename_axis(
+        None, axis=1).to_string(float_format=lambda v: f"{v:.3f}", na_rep="-")
 
 
 def table(clip_result, label_result=None, caption_result=None):
@@ -256,7 +275,8 @@ def evaluate(args, world, clip_dir=None):
     return (f"\nheld-out world {world} (seed {args.seed}, {len(truth)} images; {len(items)} explained), "
             f"{'CLIP ' + clip_dir if clip_dir else 'bundle ' + args.bundle}\n" + table(clip_result, label_result,
                                                                                       caption_result)
-            + ("\n\n" + explanation_table(explained) if explained is not None else ""))
+            + ("\n\n" + explanation_table(explained) + "\n\n" + recognition_table(explained)
+               if explained is not None else ""))
 
 
 if __name__ == "__main__":

@@ -218,12 +218,18 @@ def test_reference_clip_is_the_recipes_clip_without_localization_losses_and_eval
     truth, kb = load_truth(world), load_knowledge("fruit")
     items = [i for i, defects in enumerate(truth["defects"]) if defects][:2]
     pixels = clip.pixel_values([world / path for path in truth["path"]])
-    frame = eval_demo.explanation_scores(clip, world, truth, kb, pixels, items, steps=4)
-    assert set(frame.index) >= {m.label for m in METHODS.values()} | {"random maps", "LeGrad, CLIP-ES target"}
-    scores = frame[list(eval_demo.METRICS)]
+    rows = eval_demo.explanation_scores(clip, world, truth, kb, pixels, items, steps=4)
+    assert set(rows["method"]) >= {m.label for m in METHODS.values()} | {"random maps", "LeGrad, CLIP-ES target"}
+    scores = rows[list(eval_demo.METRICS)]
     assert ((scores >= 0) & (scores <= 1) | scores.isna()).all().all()
-    printed = eval_demo.explanation_table(frame)
+    printed = eval_demo.explanation_table(rows)
     assert printed.splitlines()[-1].startswith("random maps") and "strict pointing" in printed
+    ranked_first = [bool(clip.probabilities(pixels[i:i + 1], kb.sentences())[0].argmax() == kb.index(truth["primary"][i]))
+                    for i in items]
+    by_rank = eval_demo.recognition_table(rows)
+    assert f"ranked first by CLIP (n={sum(ranked_first)})" in by_rank and f"(n={len(items) - sum(ranked_first)})" in by_rank
+    relevancy = rows[rows["method"] == "Attention relevancy"]
+    assert relevancy["recognized"].tolist() == ranked_first
 
 
 def test_auroc_and_caption_scoring():
