@@ -103,7 +103,8 @@ def risk_coverage_table(fit_frame, check_frame, calibration):
 
 
 def implausible_inputs(world, count=40, seed=0):
-    """(kind, PIL image) pairs no bundle should pass: tiny, flat, blank, grayscale, noise, stripes, text."""
+    """(kind, PIL image) pairs no bundle should pass: tiny, flat, blank, grayscale, noise, stripes, text, and real
+    photos of other things."""
     from PIL import ImageDraw
 
     rng = np.random.default_rng(seed)
@@ -122,16 +123,29 @@ def implausible_inputs(world, count=40, seed=0):
             draw.rectangle([x, 0, x + 4, 200], fill=tuple(int(c) for c in rng.integers(0, 255, 3)))
         draw.text((20, 90), "INVOICE 2024-11", fill="black")
         items.append(("stripes and text", stripes))
-    return items
+    return items + [("real photo, no fruit", Image.open(path).convert("RGB")) for path in sample_photos()]
+
+
+def sample_photos():
+    """Real photos of anything but fruit that installed packages ship (matplotlib's Grace Hopper, Gradio's
+    cheetahs, lion, tower and Groot): what a new user might try the demo with."""
+    import gradio
+    import matplotlib
+
+    folders = [Path(matplotlib.get_data_path()) / "sample_data", Path(gradio.__file__).parent / "media_assets" / "images"]
+    return [path for folder in folders if folder.is_dir() for path in sorted(folder.iterdir())
+            if path.suffix.lower() in (".jpg", ".jpeg")]
 
 
 def input_check_figures(inspector, world):
     """Share of implausible inputs that the input checks alone send to review, by kind (each should be 1.0):
     no caption, so a caption that happens to disagree cannot rescue a check that missed."""
-    rows = []
+    from models.views import photo_probabilities
+
+    rows, healthy = [], [p.healthy for p in inspector.knowledge.prompts]
     for kind, picture in tqdm(implausible_inputs(world), desc="implausible inputs", leave=False):
-        embedding = inspector.clip.encode_images([picture])
-        _, verdict = inspector.assess(picture, embedding, caption="")
+        scored = photo_probabilities(inspector.clip, [picture], inspector.sentences, healthy)[0]  # as the app views it
+        _, verdict = inspector.assess(picture, None, caption="", probabilities=scored)
         rows.append({"kind": kind, "review": verdict.decision == "review"})
     return pd.DataFrame(rows).groupby("kind", sort=False).agg(items=("review", "size"), review=("review", "mean"))
 
