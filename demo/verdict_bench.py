@@ -132,7 +132,8 @@ def sample_photos():
     import gradio
     import matplotlib
 
-    folders = [Path(matplotlib.get_data_path()) / "sample_data", Path(gradio.__file__).parent / "media_assets" / "images"]
+    folders = [Path(matplotlib.get_data_path()) / "sample_data",
+               Path(gradio.__file__).parent / "media_assets" / "images"]
     return [path for folder in folders if folder.is_dir() for path in sorted(folder.iterdir())
             if path.suffix.lower() in (".jpg", ".jpeg")]
 

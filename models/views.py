@@ -76,7 +76,8 @@ class PhotoTiles:
     @property
     def key(self) -> str:
         """Everything the rows depend on besides the CLIP and the prompts (a resumed run's shards must match)."""
-        return f"tiles side={self.tile_side} aggregate={self.aggregate} healthy={''.join(map(str, map(int, self.healthy)))}"
+        healthy = "".join("1" if flag else "0" for flag in self.healthy)
+        return f"tiles side={self.tile_side} aggregate={self.aggregate} healthy={healthy}"
 
     def boxes(self, width, height):
         return tiling.tile_boxes(width, height, self.tile_side)

@@ -140,7 +140,8 @@ def test_the_caption_names_the_kind_clip_sees(repeater):
     assert kind.noun != "apple"  # CLIP sees another kind here, so the test below could fail
     own = captioner.generate(embeddings=row, clip_kind=False)[0]
     assert own == CAPTIONS[1]
-    assert captioner.generate(embeddings=row)[0] == f"{indefinite_article(kind.noun)} {kind.noun} with green mold and a bruise."
+    named = f"{indefinite_article(kind.noun)} {kind.noun} with green mold and a bruise."
+    assert captioner.generate(embeddings=row)[0] == named
     assert captioner.generate(embeddings=row, prefix_text="an apple")[0].startswith("an apple")  # the user's words
 
 
@@ -160,7 +161,8 @@ def test_another_kinds_noun_becomes_clips_with_its_article():
     assert name_kind("A fresh lemon; lemons.", FRUIT, apple) == "A fresh apple; lemons."  # "fresh" keeps its article
     assert name_kind("An orange with blue mold.", FRUIT, apple) == "An apple with blue mold."
     coloured = KnowledgeBase.from_dict({
-        "domain": "fruit", "template": "a photo of a {domain} with {prompt}", "kinds": [{"id": "orange"}, {"id": "pear"}],
+        "domain": "fruit", "template": "a photo of a {domain} with {prompt}",
+        "kinds": [{"id": "orange"}, {"id": "pear"}],
         "prompts": {"defects": [{"id": "spot", "text": "an orange spot"}], "healthy": [{"id": "ok", "text": "no spots",
                                                                                          "healthy": True}]}})
     assert name_kind("A pear with an orange spot.", coloured, coloured.kind("pear")) == "A pear with an orange spot."
