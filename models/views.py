@@ -101,6 +101,20 @@ class PhotoTiles:
         return torch.stack([e for e, _ in rows]), torch.stack([p for _, p in rows])
 
 
+def photo_reading(clip, picture, prompts, healthy, view="tiles", tile_side=0):
+    """What a view reads of a loaded photo, without maps: ([1, D] the embedding the caption is written from,
+    [P] the probabilities the verdict reads), as explain_photo would give them."""
+    if view == "tiles":
+        tiles = PhotoTiles(tuple(map(bool, healthy)), aggregate=True, tile_side=tile_side)
+        embedding, probabilities = tiles.encode(clip, [picture], prompts)
+    elif view in tiling.VIEWS:
+        embedding = clip.encode_images([tiling.letterbox(picture)[0] if view == "letterbox" else picture])
+        probabilities = clip.probabilities(embedding, list(prompts))
+    else:
+        raise ValueError(f"unknown view '{view}': choose one of {', '.join(tiling.VIEWS)}")
+    return embedding, probabilities[0].float().cpu().numpy()
+
+
 def photo_probabilities(clip, pictures, prompts, healthy):
     """[n, P] probabilities of loaded photos as the tiles view (the app's default) scores them, without maps."""
     tiles = PhotoTiles(tuple(map(bool, healthy)), aggregate=True)

@@ -197,3 +197,11 @@ def test_predict_writes_tables_and_overlays_and_skips_bad_images(straight_run, t
                          str(tmp_path / "quick"), "--no-overlays", "--no-progress", "--max-new-tokens", "3"])
     quick = tmp_path / "quick"
     assert len(pd.read_csv(quick / "predictions.csv")) == 1 and not (quick / "overlays").exists()
+    # Without overlays a wide or tall photo is still read as the app reads it (its tiles), not its center square.
+    predict_script.predict(root / "out" / "best", images, tmp_path / "cheap", options=InspectOptions(k=2),
+                           overlays=False, progress=False, generation=GenerationOptions(max_new_tokens=4))
+    cheap = pd.read_csv(tmp_path / "cheap" / "predictions.csv")
+    assert cheap[["image", "caption", "verdict", "summary", "prompt_1", "prompt_2"]].equals(
+        table[["image", "caption", "verdict", "summary", "prompt_1", "prompt_2"]])
+    assert table["summary"].str.match(r"An? (fresh )?(apple|orange|tomato|pear|banana|lemon) ").all()  # CLIP's kind
+    np.testing.assert_allclose(cheap[["prob_1", "prob_2"]], table[["prob_1", "prob_2"]], atol=1e-4)  # other kernels

@@ -43,15 +43,21 @@ def list_images(sources, out_dir=None):
     return keys
 
 
-def caption_and_top_k(inspector, picture, k, generation):
-    """The cheap path without overlays: one CLIP pass, one caption, no gradients -> (caption, top-k, verdict)."""
+def caption_and_top_k(inspector, picture, options, generation):
+    """The cheap path without overlays: the photo read as the app's view reads it (tiles by default), one caption,
+    no gradients -> (caption, top-k, verdict, CLIP's kind or None)."""
     import numpy as np
 
-    features = inspector.clip.encode_images([picture])
-    caption = inspector.captioner.generate(embeddings=features, options=generation)[0]
-    probabilities, verdict = inspector.assess(picture, features, caption)
-    best = np.argsort(-probabilities, kind="stable")[:k]
-    return caption, [(inspector.knowledge.prompts[i], float(probabilities[i])) for i in best], verdict
+    from models.views import photo_reading
+
+    healthy = [p.healthy for p in inspector.knowledge.prompts]
+    embedding, probabilities = photo_reading(inspector.clip, picture, inspector.sentences, healthy, options.view,
+                                             options.tile_side)
+    caption = inspector.captioner.generate(embeddings=embedding, options=generation)[0]
+    probabilities, verdict = inspector.assess(picture, embedding, caption, probabilities)
+    best = np.argsort(-probabilities, kind="stable")[:options.k]
+    top_k = [(inspector.knowledge.prompts[i], float(probabilities[i])) for i in best]
+    return caption, top_k, verdict, inspector.kind_of(embedding)
 
 
 def save_png(image, path):
@@ -75,9 +81,10 @@ def predict_one(inspector, path, *, options, overlays, generation, folder, key):
 
     picture = load_image(path, max_pixels=inspector.max_pixels)
     if not overlays:
-        return (*caption_and_top_k(inspector, picture, options.k, generation), {})
+        return (*caption_and_top_k(inspector, picture, options, generation), {})
     inspection = inspector.inspect(picture, options, generation)
-    return inspection.caption, inspection.top_k, inspection.verdict, save_overlays(inspection, folder, key)
+    files = save_overlays(inspection, folder, key)
+    return inspection.caption, inspection.top_k, inspection.verdict, inspection.kind, files
 
 
 def predict(bundles, sources, out_dir, *, options=None, overlays=True, knowledge=None, load=None,
@@ -107,7 +114,7 @@ def predict(bundles, sources, out_dir, *, options=None, overlays=True, knowledge
             if path in unreadable:
                 continue
             try:
-                caption, top_k, verdict, files = predict_one(inspector, path, options=options, overlays=overlays,
+                caption, top_k, verdict, kind, files = predict_one(inspector, path, options=options, overlays=overlays,
                                                              generation=generation, folder=folder, key=key)
             except ImageLoadError as error:
                 unreadable.add(path)
@@ -117,12 +124,13 @@ def predict(bundles, sources, out_dir, *, options=None, overlays=True, knowledge
                 failed.append((str(path), f"{name}: {type(error).__name__}: {error}"))
                 warnings.warn(f"{path}: {failed[-1][1]}", stacklevel=2)
                 continue
-            records.append(_record(path, name, bundle, caption, top_k, verdict, inspector.knowledge, files, out_dir))
+            records.append(_record(path, name, bundle, caption, top_k, verdict, kind, inspector.knowledge, files,
+                                   out_dir))
     write_outputs(records, failed, out_dir)
     return records, failed
 
 
-def _record(path, name, bundle, caption, top_k, verdict, knowledge, files, out_dir):
+def _record(path, name, bundle, caption, top_k, verdict, kind, knowledge, files, out_dir):
     from utils.summarizer import summarize
 
     def relative(file):
@@ -132,11 +140,12 @@ def _record(path, name, bundle, caption, top_k, verdict, knowledge, files, out_d
         "image": str(path), "model": name, "bundle": str(bundle), "verdict": verdict.decision,
         "reason": "; ".join(verdict.reasons), "caption_check": verdict.caption_check,
         "top_defect": verdict.top_defect, "top_defect_prob": verdict.top_defect_prob,
-        "healthy_mass": verdict.healthy_mass, "caption": caption, "summary": summarize(top_k, knowledge),
+        "healthy_mass": verdict.healthy_mass, "caption": caption,
+        "summary": summarize(top_k, knowledge, kind=kind and kind[0]),
         "top_k": [{"id": p.id, "text": p.text, "category": p.category, "healthy": p.healthy, "prob": prob}
                   for p, prob in top_k],
-        "overlays": {kind: [relative(f) for f in value] if isinstance(value, list) else relative(value)
-                     for kind, value in files.items()},
+        "overlays": {what: [relative(f) for f in value] if isinstance(value, list) else relative(value)
+                     for what, value in files.items()},
     }
 
 
