@@ -1,7 +1,8 @@
 """Labeling throughput at CLIP ViT-B/32 sizes (random init, no download): is decoding keeping up?
 
-Writes --n JPEG photos (synthetic fruit, 640x480 by default) to a temp folder, then prints images/s for
-  - pure batched CLIP encoding of ready pixel tensors (the ceiling),
+Writes --n JPEG photos (synthetic fruit, 640x480 by default) to a temp folder, each read as label.py reads it
+(its square tiles: 2 for 640x480, models/views.py PhotoTiles), then prints photos/s ("images/s") for
+  - pure batched CLIP encoding of ready pixel tensors, as many tiles as the photos have (the ceiling),
   - decoding + preprocessing alone in one process (what one worker can feed),
   - end-to-end sharded encoding as label.py runs it (workers decode, CLIP encodes, shards written) for each
     --workers value, with JPEG draft decoding and, for comparison, without it,
@@ -24,7 +25,8 @@ from transformers import CLIPConfig
 
 from demo.world import item_rng, render_sample
 from models.clip import CLIPW, make_word_tokenizer
-from utils.data import ImageFiles, collate_images
+from models.views import PhotoTiles
+from utils.data import ImageFiles, collate_tiles
 from utils.encoding import encode_shards, file_stats
 from utils.knowledge import load_knowledge
 
@@ -78,20 +80,22 @@ def main():
         write_photos(folder, args.n, width, height)
         files = sorted(folder.rglob("*.jpg"))
 
-        decode = ImageFiles(files, clip)
+        tiles = PhotoTiles(tuple(kb.healthy_mask()))
+        decode = ImageFiles(files, clip, tiles=tiles)
         line("decode + preprocess, 1 process", args.n, *timed(lambda: [decode[i] for i in range(len(files))]))
-        no_draft = ImageFiles(files, clip, draft=False)
+        no_draft = ImageFiles(files, clip, draft=False, tiles=tiles)
         line("decode + preprocess, 1 process, no draft", args.n,
              *timed(lambda: [no_draft[i] for i in range(len(files))]))
 
-        _, batch, _ = collate_images([decode[i] for i in range(args.batch_size)])
-        pixels = batch.repeat((args.n + len(batch) - 1) // len(batch), 1, 1, 1)[:args.n]
+        _, batch, counts, _ = collate_tiles([decode[i] for i in range(args.batch_size)])
+        count = round(args.n * len(batch) / len(counts))  # the tiles of all the photos
+        pixels = batch.repeat((count + len(batch) - 1) // len(batch), 1, 1, 1)[:count]
         clip.encode_images(pixels[:args.batch_size])  # warm-up
         clip.encode_texts(kb.sentences())
 
         def pure_encoding():
             wall, cpu = timed(lambda: clip.encode_images(pixels, batch_size=args.batch_size))
-            line("pure CLIP encoding of ready tensors", args.n, wall, cpu)
+            line(f"pure CLIP encoding of ready tensors ({count} tiles)", args.n, wall, cpu)
             return args.n / wall, cpu / args.n
 
         runs = [(workers, True) for workers in args.workers] + [(max(args.workers), False)]
@@ -100,7 +104,7 @@ def main():
             names = [path.relative_to(folder).as_posix() for path in files]
             wall, cpu = timed(lambda: encode_shards(
                 files, names, file_stats(files, names), Path(tmp) / f"out{run}", clip, kb.sentences(),
-                batch_size=args.batch_size, workers=workers, progress=False, draft=draft))
+                batch_size=args.batch_size, workers=workers, progress=False, draft=draft, tiles=tiles))
             line(f"end-to-end sharded encoding (label.py's work), {workers} workers" + ("" if draft else ", no draft"),
                  args.n, wall, cpu, pure)
 

@@ -309,3 +309,11 @@ def test_image_files_report_errors_and_draft_stays_close(tmp_path, clip):
     assert read_image(tmp_path / "big.jpg", draft_size=32).size == (80, 60)  # 1/8 scale, sides still >= 32
     with pytest.raises(ImageLoadError, match="over the limit"):
         read_image(tmp_path / "big.jpg", max_pixels=1000, draft_size=32)
+
+
+@pytest.mark.parametrize("cores, workers", [(1, 0), (2, 1), (3, 2), (16, 2)])
+def test_default_workers_leave_the_encoder_a_core(monkeypatch, cores, workers):
+    from utils import encoding
+
+    monkeypatch.setattr(encoding.os, "sched_getaffinity", lambda _pid: set(range(cores)), raising=False)
+    assert encoding.default_workers() == workers

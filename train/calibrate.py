@@ -19,6 +19,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from utils.encoding import DEFAULT_WORKERS
 from utils.options import add_arguments, from_namespace, option
 
 TARGETS = (0.0, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5)  # the risk-coverage table's rows
@@ -40,7 +41,7 @@ class CalibrateOptions:
                                              "0 = no distance check")
     seed: int = option(0, "seed for the fit/check split and the colour sample")
     batch_size: int = option(64, "images per CLIP forward")
-    workers: int = option(2, "DataLoader processes decoding images")
+    workers: int = option(DEFAULT_WORKERS, "DataLoader processes decoding images")
     device: str = option(None, "cpu, cuda or cuda:N (default: cuda when available)")
     progress: bool = option(True, "progress bars")
 

@@ -31,6 +31,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from models.config import DEFAULT_CLIP, SmallClipConfig
+from utils.encoding import DEFAULT_WORKERS
 from utils.options import add_arguments, as_plain, from_dict, from_namespace, option, parse_with_config_file
 
 SETTINGS_FILE = "finetune.json"  # written last: its presence marks a finished CLIP directory
@@ -70,7 +71,7 @@ class FinetuneOptions:
     seed: int = option(0, "seed for the split, shuffling and augmentation")
     fresh: SmallClipConfig = option(SmallClipConfig(), "sizes of a fresh CLIP (--clip fresh)")
     device: str = option("", "cpu, cuda or cuda:N (default: cuda when available)")
-    workers: int = option(2, "processes decoding the images once at the start")
+    workers: int = option(DEFAULT_WORKERS, "processes decoding the images once at the start")
     overwrite: bool = option(False, "replace a finished or unfinished run in --out made with other settings")
     progress: bool = option(True, "show progress bars")
 

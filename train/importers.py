@@ -32,8 +32,8 @@ import warnings
 from pathlib import Path
 from typing import NamedTuple
 
-from utils.encoding import (FORMAT, PARTS, SHARD_SIZE, LabelError, add_run_arguments, check_settings, clip_id,
-                            digest, encode_shards, file_stats, finish_output, report, start_output)
+from utils.encoding import (DEFAULT_WORKERS, FORMAT, PARTS, SHARD_SIZE, LabelError, add_run_arguments, check_settings,
+                            clip_id, digest, encode_shards, file_stats, finish_output, report, start_output)
 from utils.images import DEFAULT_MAX_PIXELS
 
 
@@ -118,9 +118,9 @@ def _token_line(line):
 READERS = {"coco": read_coco, "flickr": read_flickr}
 
 
-def import_captions(kind, captions_file, image_dir, out_dir, clip, *, limit=None, batch_size=64, workers=2,
-                    max_pixels=DEFAULT_MAX_PIXELS, shard_size=SHARD_SIZE, progress=True, overwrite=False,
-                    device=None):
+def import_captions(kind, captions_file, image_dir, out_dir, clip, *, limit=None, batch_size=64,
+                    workers=DEFAULT_WORKERS, max_pixels=DEFAULT_MAX_PIXELS, shard_size=SHARD_SIZE, progress=True,
+                    overwrite=False, device=None):
     """Read `captions_file` of format `kind` ("coco" | "flickr"), encode its images, write the dataset."""
     import pandas as pd
     import torch

@@ -33,15 +33,15 @@ import argparse
 import warnings
 from pathlib import Path
 
-from utils.encoding import (FORMAT, PARTS, SHARD_SIZE, LabelError, add_run_arguments, check_settings, clip_id, digest,
-                            encode_shards, file_stats, finish_output, report, start_output)
+from utils.encoding import (DEFAULT_WORKERS, FORMAT, PARTS, SHARD_SIZE, LabelError, add_run_arguments, check_settings,
+                            clip_id, digest, encode_shards, file_stats, finish_output, report, start_output)
 from utils.images import DEFAULT_MAX_PIXELS
 
 PRIOR_WEIGHT = 4.0
 
 
-def label_folder(image_dir, out_dir, clip, knowledge, top_k=5, batch_size=64, workers=2, class_prior=None,
-                 progress=True, *, prior_weight=PRIOR_WEIGHT, max_pixels=DEFAULT_MAX_PIXELS,
+def label_folder(image_dir, out_dir, clip, knowledge, top_k=5, batch_size=64, workers=DEFAULT_WORKERS,
+                 class_prior=None, progress=True, *, prior_weight=PRIOR_WEIGHT, max_pixels=DEFAULT_MAX_PIXELS,
                  shard_size=SHARD_SIZE, shard_index=None, num_shards=1, overwrite=False, device=None) -> Path:
     """Label every image under `image_dir` into the dataset directory `out_dir` and return it.
 

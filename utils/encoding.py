@@ -7,6 +7,7 @@ imported inside the functions that encode, so the scripts' --help stays instant.
 """
 import hashlib
 import json
+import os
 import shutil
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -17,6 +18,16 @@ from utils.files import atomic_write, local_or_id, read_json, write_json
 from utils.images import DEFAULT_MAX_PIXELS
 
 SHARD_SIZE = 512
+
+
+def default_workers() -> int:
+    """DataLoader processes that help rather than crowd the encoder: at most one per core beside its own, and 2 are
+    plenty on a CPU (bench/bench_label.py, 2 cores, 640x480 JPEGs: 0 or 1 worker 14.5 photos/s, 2 workers 11.8)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(0, min(2, cores - 1))
+
+
+DEFAULT_WORKERS = default_workers()
 PARTS = ".parts"
 IDENTITY = ("clip", "embed_dim", "knowledge_hash")  # what a re-run may not change without --overwrite
 FORMAT = 1
@@ -119,7 +130,8 @@ def _clear(out):
 
 
 def encode_shards(files, names, stats, parts_dir, clip, sentences, *, shard_size=SHARD_SIZE, batch_size=64,
-                  workers=2, max_pixels=DEFAULT_MAX_PIXELS, progress=True, shard_index=None, num_shards=1, draft=True,
+                  workers=DEFAULT_WORKERS, max_pixels=DEFAULT_MAX_PIXELS, progress=True, shard_index=None, num_shards=1,
+                  draft=True,
                   tiles=None):
     """Encode the files whose shard part is missing or stale, then merge all parts -> Encoded.
 
@@ -240,9 +252,9 @@ def add_run_arguments(parser):
                              "(default: %(default)s, needs the network once)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     parser.add_argument("--batch-size", type=int, default=64, help="images per CLIP forward (default: %(default)s)")
-    parser.add_argument("--workers", type=int, default=2,
+    parser.add_argument("--workers", type=int, default=DEFAULT_WORKERS,
                         help="DataLoader processes decoding images, 0 = in the main process; on a GPU use about "
-                             "as many as CPU cores, on a CPU 1-2 are plenty (default: %(default)s)")
+                             "as many as CPU cores (default: %(default)s, i.e. up to 2 and fewer than the cores)")
     parser.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
                         help="larger images are listed as failed (default: %(default)s)")
     parser.add_argument("--shard-size", type=int, default=SHARD_SIZE,
