@@ -12,9 +12,7 @@ a large knowledge base costs no more than its prompts. transformers applies it t
 from dataclasses import dataclass, field
 
 from utils.knowledge import load_knowledge
-from utils.summarizer import HEALTHY_WORD, join_phrases, opening, phrase_texts
-
-MODES = ("healthy", "defect", "hedged")
+from utils.summarizer import HEALTHY_WORD, MODES, join_phrases, opening, phrase_texts
 
 
 @dataclass

@@ -1,31 +1,22 @@
 """The caption names the kind of product CLIP sees. With a knowledge base that lists kinds (fruit: apple, pear, ...),
-a caption naming another kind than CLIP's likeliest one gets CLIP's: the app's Kind line and the caption never
-disagree, and CLIP's kind is right more often than the LM's (python -m demo.captions).
+a caption that opens as the summarizer's sentences do ("A lemon with", "A fresh lemon with", "A lemon that may
+have") but with another kind than CLIP's likeliest gets CLIP's: the app's Kind line and the caption never
+disagree, and CLIP's kind is right more often than the LM's (python -m demo.captions). Any other caption is left
+as written: a free-form one (a captioner trained on human captions) may mention a fruit for other reasons.
 
 The swap is made in the written caption, not by keeping the LM from writing other kinds while it decodes: the LM
 reads kind and condition from the same prefix, and a kind forced on it rewrote the condition too (15 of 400
 held-out captions changed, several to another condition: "A lemon with wrinkled shrivelled skin and a cut in the
 skin." -> "A brown bruise, wrinkled shrivelled skin and a cut in the skin.")."""
-import re
-
-from utils.knowledge import indefinite_article
+from utils.summarizer import MODES, opening
 
 
 def name_kind(caption, knowledge, kind):
-    """`caption` with every other kind's noun replaced by `kind`'s (a Kind), its article made to fit; a noun that is
-    also a word of the knowledge base's descriptions (e.g. a colour) is left as written."""
-    words = {word.lower() for prompt in knowledge.prompts for word in re.findall(r"\w+", prompt.text)}
-    others = sorted({k.noun for k in knowledge.kinds} - {kind.noun} - words, key=len, reverse=True)
-    if not others:
-        return caption
-    pattern = rf"\b(?:(an?)(\s+))?({'|'.join(map(re.escape, others))})\b"
-
-    def swap(match):
-        article, space, written = match.groups()
-        noun = kind.noun.capitalize() if written[0].isupper() else kind.noun
-        if article is None:
-            return noun
-        fitting = indefinite_article(noun) or article.lower()
-        return (fitting.capitalize() if article[0].isupper() else fitting) + space + noun
-
-    return re.sub(pattern, swap, caption, flags=re.IGNORECASE)
+    """`caption` with the summarizer's opening of another kind replaced by the same opening of `kind` (a Kind)."""
+    for other in knowledge.kinds:
+        for mode in MODES if other.noun != kind.noun else ():
+            written = opening(other.noun, mode, knowledge.healthy_word)
+            if caption.lower().startswith(written.lower() + " "):
+                named = opening(kind.noun, mode, knowledge.healthy_word)
+                return (named if caption[0].isupper() else named[0].lower() + named[1:]) + caption[len(written):]
+    return caption

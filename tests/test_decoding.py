@@ -14,7 +14,7 @@ from models.inspector import Inspector
 from models.kinds import name_kind
 from models.vlm import ClipCaptioner
 from utils.caption_words import repeated_phrase
-from utils.knowledge import KnowledgeBase, indefinite_article, load_knowledge
+from utils.knowledge import indefinite_article, load_knowledge
 from utils.summarizer import defect_sentence, healthy_sentence
 
 FRUIT = load_knowledge("fruit")
@@ -154,18 +154,15 @@ def test_an_lm_whose_tokenizer_the_grammar_does_not_fit_still_captions(monkeypat
     assert len(captioner.generate(embeddings=embeddings, max_new_tokens=3)) == 1  # no phrase draft, kinds named
 
 
-def test_another_kinds_noun_becomes_clips_with_its_article():
+def test_a_summary_opening_of_another_kind_becomes_clips():
     pear, apple = FRUIT.kind("pear"), FRUIT.kind("apple")
     assert name_kind("A lemon with soft brown rot.", FRUIT, pear) == "A pear with soft brown rot."
-    assert name_kind("A pear with a cut.", FRUIT, apple) == "An apple with a cut."
-    assert name_kind("A fresh lemon; lemons.", FRUIT, apple) == "A fresh apple; lemons."  # "fresh" keeps its article
-    assert name_kind("An orange with blue mold.", FRUIT, apple) == "An apple with blue mold."
-    coloured = KnowledgeBase.from_dict({
-        "domain": "fruit", "template": "a photo of a {domain} with {prompt}",
-        "kinds": [{"id": "orange"}, {"id": "pear"}],
-        "prompts": {"defects": [{"id": "spot", "text": "an orange spot"}], "healthy": [{"id": "ok", "text": "no spots",
-                                                                                         "healthy": True}]}})
-    assert name_kind("A pear with an orange spot.", coloured, coloured.kind("pear")) == "A pear with an orange spot."
+    assert name_kind("a pear with a cut.", FRUIT, apple) == "an apple with a cut."  # article and case fitted
+    assert name_kind("A fresh lemon with ripe even colour.", FRUIT, apple) == "A fresh apple with ripe even colour."
+    assert name_kind("An orange that may have blue mold.", FRUIT, pear) == "A pear that may have blue mold."
+    assert name_kind("A pear with rot, like a lemon.", FRUIT, pear) == "A pear with rot, like a lemon."
+    for free in ("A man holding an orange.", "An orange umbrella with stripes.", "Lemon with rot."):
+        assert name_kind(free, FRUIT, apple) == free  # not the summarizer's opening: left as written
 
 
 def test_the_ngram_ban_is_blind_to_case():

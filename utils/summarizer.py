@@ -65,6 +65,9 @@ def defect_sentence(noun: str, prompts, hedged: bool = False, max_defects: int |
     return _sentence(f"{opening(noun, 'hedged' if hedged else 'defect')} {join_phrases(phrases)}")
 
 
+MODES = ("healthy", "defect", "hedged")  # the sentence openings below
+
+
 def opening(noun: str, mode: str, healthy_word: str = HEALTHY_WORD) -> str:
     """The words before the phrases: "A fresh apple with" (healthy), "An apple with" (defect),
     "An apple that may have" (hedged)."""
