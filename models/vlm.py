@@ -167,7 +167,8 @@ class ClipCaptioner(nn.Module):
             probs = self.clip.probabilities(embedding.float(), knowledge.sentences())[0]
             kinds = self.clip.logits(embedding.float(), knowledge.kind_sentences())[0] if knowledge.kinds else None
         kind = None if kinds is None else knowledge.kinds[int(kinds.argmax())]
-        text = summarize_top(probs.tolist(), knowledge, self.config.label_top_k, kind=kind)
+        text = summarize_top(probs.tolist(), knowledge, self.config.label_top_k, kind=kind,
+                             min_share=self.config.label_min_share)
         return self.tokenizer(text, add_special_tokens=False).input_ids + [self.tokenizer.eos_token_id]
 
     @functools.cached_property

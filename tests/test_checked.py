@@ -95,6 +95,11 @@ def test_the_phrase_drafts_hint_summarizes_as_many_prompts_as_the_training_label
         assert hints[-1] == captioner.tokenizer(summary, add_special_tokens=False).input_ids + [
             captioner.tokenizer.eos_token_id]
     assert hints[0] != hints[1]  # its top 4 name both defects, its top 1 one
+    captioner.config.label_min_share = 1.0  # labels that name the top defect alone, whatever the others hold
+    summary = summarize_top(probs, knowledge, 4, kind=kind, min_share=1.0)
+    hint = captioner._auto_label(embedding)
+    assert hint == captioner.tokenizer(summary, add_special_tokens=False).input_ids + [captioner.tokenizer.eos_token_id]
+    assert hint != hints[1]
 
 
 def test_reduced_precisions_add_a_draft_and_keep_the_fp32_lm():

@@ -317,3 +317,16 @@ def test_default_workers_leave_the_encoder_a_core(monkeypatch, cores, workers):
 
     monkeypatch.setattr(encoding.os, "sched_getaffinity", lambda _pid: set(range(cores)), raising=False)
     assert encoding.default_workers() == workers
+
+
+def test_min_share_keeps_weak_second_defects_out_of_the_captions(folder, clip, tmp_path):
+    from utils.caption_words import named_defects
+
+    defects = {"class_prior": {"fresh": "defect", "rotten": "defect"}, "prior_weight": 50.0}  # near-even defects
+    default = load_dataset(run(folder, tmp_path / "default", clip, **defects))
+    alone = load_dataset(run(folder, tmp_path / "alone", clip, min_share=1.0, **defects))
+    counts = [[len(named_defects(c, KB)) for c in data.table["caption"]] for data in (default, alone)]
+    assert max(counts[0]) > 1 and max(counts[1]) == 1  # the top defect only, where the default names more
+    assert "min_share" not in default.manifest and alone.manifest["min_share"] == 1.0  # labeled before = default
+    with pytest.raises(LabelError, match="min_share"):
+        run(folder, tmp_path / "bad", clip, min_share=1.5)

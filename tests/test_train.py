@@ -56,7 +56,7 @@ def make_dataset(directory, models_dir, per_caption=6, seed=0, **manifest):
 @pytest.fixture(scope="module")
 def straight_run(tmp_path_factory, models_dir):
     root = tmp_path_factory.mktemp("run")
-    data = make_dataset(root / "data", models_dir)
+    data = make_dataset(root / "data", models_dir, min_share=0.3)
     best = train_script.train([data], root / "out", lm=str(models_dir / "lm"), **FAST)
     return root, data, best
 
@@ -76,6 +76,7 @@ def test_two_epochs_write_metrics_curves_and_bundles(straight_run):
     for name in ("best", "last"):
         loaded = ClipCaptioner.from_pretrained(out / name, device="cpu")
         assert loaded.config.label_top_k == 1  # the labels' top-k: the phrase draft's hint summarizes as they do
+        assert loaded.config.label_min_share == 0.3  # and their --min-share
         captions = loaded.generate(embeddings=torch.randn(2, 32), max_new_tokens=5)
         assert len(captions) == 2 and all(isinstance(c, str) for c in captions)
     assert not (out / "best" / "optimizer.pt").exists() and (out / "state" / "optimizer.pt").exists()

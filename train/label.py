@@ -36,17 +36,20 @@ from pathlib import Path
 from utils.encoding import (DEFAULT_WORKERS, FORMAT, PARTS, SHARD_SIZE, LabelError, add_run_arguments, check_settings,
                             clip_id, digest, encode_shards, file_stats, finish_output, report, start_output)
 from utils.images import DEFAULT_MAX_PIXELS
+from utils.summarizer import MIN_SHARE
 
 PRIOR_WEIGHT = 4.0
 
 
 def label_folder(image_dir, out_dir, clip, knowledge, top_k=5, batch_size=64, workers=DEFAULT_WORKERS,
                  class_prior=None, progress=True, *, prior_weight=PRIOR_WEIGHT, max_pixels=DEFAULT_MAX_PIXELS,
-                 shard_size=SHARD_SIZE, shard_index=None, num_shards=1, overwrite=False, device=None) -> Path:
+                 shard_size=SHARD_SIZE, shard_index=None, num_shards=1, overwrite=False, device=None,
+                 min_share=MIN_SHARE) -> Path:
     """Label every image under `image_dir` into the dataset directory `out_dir` and return it.
 
     clip: a CLIPW, or a hub id / directory to load (on `device`) once the folder is known to hold images.
     knowledge: a KnowledgeBase, a built-in name or a file. class_prior: None, a mapping or a YAML/JSON file.
+    min_share: a second or third defect is named in a caption when it holds this share of the top-k's mass.
     With shard_index set only that share of the shards is encoded (no merge); see the module docstring.
     """
     from models.clip import CLIPW
@@ -57,6 +60,8 @@ def label_folder(image_dir, out_dir, clip, knowledge, top_k=5, batch_size=64, wo
     root = Path(image_dir)
     check_settings(top_k=top_k, batch_size=batch_size, workers=workers, shard_size=shard_size,
                    shard_index=shard_index, num_shards=num_shards, overwrite=overwrite, prior_weight=prior_weight)
+    if not 0 <= min_share <= 1:
+        raise LabelError(f"min_share must be in [0, 1], got {min_share}")
     files = list_images(root)
     kb = load_knowledge(knowledge)
     prior = load_class_prior(class_prior, kb)
@@ -72,6 +77,8 @@ def label_folder(image_dir, out_dir, clip, knowledge, top_k=5, batch_size=64, wo
         "class_prior": prior, "prior_weight": float(prior_weight) if prior else None,
         "source": str(root.resolve()), "max_pixels": max_pixels, "files": digest(stats),
     }
+    if min_share != MIN_SHARE:  # absent = the default, so a dataset labeled before still counts as done
+        inputs["min_share"] = float(min_share)
     out = Path(out_dir)
     if start_output(out, inputs, overwrite):
         return out
@@ -81,7 +88,8 @@ def label_folder(image_dir, out_dir, clip, knowledge, top_k=5, batch_size=64, wo
                             tiles=PhotoTiles(tuple(kb.healthy_mask())))  # the tile the app captions
     if encoded is None:
         return out  # this process's shards are done; a run without shard_index merges
-    table = label_table(encoded, kb, inputs["top_k"], prior, prior_weight, kind_probabilities(clip, encoded, kb))
+    table = label_table(encoded, kb, inputs["top_k"], prior, prior_weight, kind_probabilities(clip, encoded, kb),
+                        min_share)
     finish_output(out, encoded.embeddings, table, inputs, encoded.failed)
     return out
 
@@ -170,7 +178,7 @@ def kind_probabilities(clip, encoded, knowledge):
         return clip.logits(features, knowledge.kind_sentences()).softmax(dim=-1).float().cpu()
 
 
-def label_table(encoded, knowledge, top_k, prior=None, prior_weight=PRIOR_WEIGHT, kinds=None):
+def label_table(encoded, knowledge, top_k, prior=None, prior_weight=PRIOR_WEIGHT, kinds=None, min_share=MIN_SHARE):
     """DataFrame: id, path, class, caption = summarize(top-k, kind), [kind, kind_prob when the knowledge base
     has kinds: CLIP's likeliest kind and its probability, from `kinds` [n, kinds]], prompt_i / prob_i
     (prompt ids, probabilities)."""
@@ -187,7 +195,7 @@ def label_table(encoded, knowledge, top_k, prior=None, prior_weight=PRIOR_WEIGHT
     kind_p, kind_ix = kinds.max(dim=1) if kinds is not None else (None, None)
     best = [None] * len(indices) if kinds is None else [knowledge.kinds[i] for i in kind_ix.tolist()]
     table = {"id": make_ids(encoded.names), "path": encoded.names, "class": classes,
-             "caption": [summarize_top(row, knowledge, top_k, kind=kind)
+             "caption": [summarize_top(row, knowledge, top_k, kind=kind, min_share=min_share)
                          for row, kind in zip(probabilities.tolist(), best)]}
     if kinds is not None:
         table.update(kind=[kind.id for kind in best], kind_prob=[round(p, 6) for p in kind_p.tolist()])
@@ -212,6 +220,10 @@ def main(argv=None):
     parser.add_argument("--knowledge", default="fruit",
                         help="knowledge base: built-in name or YAML/JSON file (default: %(default)s)")
     parser.add_argument("--top-k", type=int, default=5, help="prompts kept per image (default: %(default)s)")
+    parser.add_argument("--min-share", type=float, default=MIN_SHARE,
+                        help="a caption names a second or third defect only when it holds this share of the top-k's "
+                             "probability (default: %(default)s, the most primary defects named; 0.2-0.3 name fewer "
+                             "absent ones and miss the primary more: README 'The offline demo')")
     parser.add_argument("--class-prior", help="YAML/JSON: class folder -> healthy | defect | [prompt ids]")
     parser.add_argument("--prior-weight", type=float, default=PRIOR_WEIGHT,
                         help="factor for the prompts a folder is mapped to (default: %(default)s)")
@@ -225,7 +237,7 @@ def main(argv=None):
 
     try:
         out = label_folder(args.images, args.out, args.clip, args.knowledge, top_k=args.top_k,
-                           batch_size=args.batch_size, workers=args.workers, class_prior=args.class_prior,
+                           min_share=args.min_share, batch_size=args.batch_size, workers=args.workers, class_prior=args.class_prior,
                            progress=not args.quiet, prior_weight=args.prior_weight, max_pixels=args.max_pixels,
                            shard_size=args.shard_size, shard_index=args.shard_index, num_shards=args.num_shards,
                            overwrite=args.overwrite, device=args.device)

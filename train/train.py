@@ -213,7 +213,8 @@ def build_captioner(opts, data, device):
     model = read_config(opts.init_from) if opts.init_from else opts.model
     config = dataclasses.replace(model, clip=local_or_id(clip), lm=local_or_id(model.lm),
                                  knowledge=dataset_knowledge(opts.knowledge, data.manifest),
-                                 label_top_k=int(data.manifest.get("top_k") or model.label_top_k))
+                                 label_top_k=int(data.manifest.get("top_k") or model.label_top_k),
+                                 label_min_share=float(data.manifest.get("min_share", model.label_min_share)))
     captioner = ClipCaptioner.build(config, device)
     if opts.init_from:
         captioner.init_mapper_from(opts.init_from)

@@ -5,13 +5,14 @@ import math
 
 from utils.knowledge import HEALTHY_WORD, Kind, KnowledgeBase, Prompt, indefinite_article
 
+MIN_SHARE = 0.1  # a second or third defect is named when it holds this share of the ranked prompts' mass
 _SEVERITY_ORDER = {"severe": 0, "moderate": 1, "mild": 2}
 _DANGLING = {"a", "an", "the", "and", "or", "with", "of", "that", "may", "have"}
 _PUNCTUATION = " ,;:.!?"
 
 
 def summarize(top_k, knowledge: KnowledgeBase, *, kind: Kind | str | None = None, max_defects: int = 3,
-              min_share: float = 0.1, hedge_share: float = 0.4, healthy_word: str | None = None) -> str:
+              min_share: float = MIN_SHARE, hedge_share: float = 0.4, healthy_word: str | None = None) -> str:
     """One sentence for [(prompt, probability), ...] in any order.
 
     Healthy when the top prompt is healthy or healthy mass >= defect mass; otherwise up to `max_defects`
@@ -39,11 +40,13 @@ def summarize(top_k, knowledge: KnowledgeBase, *, kind: Kind | str | None = None
     return defect_sentence(noun, kept, hedged=healthy_mass >= hedge_share * total, max_defects=max_defects)
 
 
-def summarize_top(probabilities, knowledge: KnowledgeBase, top_k: int, *, kind: Kind | str | None = None) -> str:
+def summarize_top(probabilities, knowledge: KnowledgeBase, top_k: int, *, kind: Kind | str | None = None,
+                  min_share: float = MIN_SHARE) -> str:
     """The auto-label caption of one image (train/label.py): the summary of its `top_k` likeliest prompts.
     `probabilities`: one per knowledge-base prompt, in the knowledge base's order."""
     ranked = sorted(range(len(probabilities)), key=lambda i: -probabilities[i])[:top_k]
-    return summarize([(knowledge.prompts[i], float(probabilities[i])) for i in ranked], knowledge, kind=kind)
+    return summarize([(knowledge.prompts[i], float(probabilities[i])) for i in ranked], knowledge, kind=kind,
+                     min_share=min_share)
 
 
 def noun_for(kind, knowledge: KnowledgeBase) -> str:
