@@ -319,7 +319,7 @@ def test_default_workers_leave_the_encoder_a_core(monkeypatch, cores, workers):
     assert encoding.default_workers() == workers
 
 
-def test_min_share_keeps_weak_second_defects_out_of_the_captions(folder, clip, tmp_path):
+def test_min_share_keeps_weak_second_defects_out_of_the_captions(folder, clip, tmp_path, monkeypatch):
     from utils.caption_words import named_defects
 
     defects = {"class_prior": {"fresh": "defect", "rotten": "defect"}, "prior_weight": 50.0}  # near-even defects
@@ -327,6 +327,13 @@ def test_min_share_keeps_weak_second_defects_out_of_the_captions(folder, clip, t
     alone = load_dataset(run(folder, tmp_path / "alone", clip, min_share=1.0, **defects))
     counts = [[len(named_defects(c, KB)) for c in data.table["caption"]] for data in (default, alone)]
     assert max(counts[0]) > 1 and max(counts[1]) == 1  # the top defect only, where the default names more
-    assert "min_share" not in default.manifest and alone.manifest["min_share"] == 1.0  # labeled before = default
+    assert default.manifest["min_share"] == 0.1 and alone.manifest["min_share"] == 1.0
+    assert run(folder, tmp_path / "alone", clip, **defects) == tmp_path / "alone"
+    assert load_dataset(tmp_path / "alone").manifest["min_share"] == 0.1  # another share relabels
+    manifest = json.loads((tmp_path / "default" / "manifest.json").read_text())
+    del manifest["min_share"]  # as labeled before the flag: made with the default, so done
+    (tmp_path / "default" / "manifest.json").write_text(json.dumps(manifest))
+    monkeypatch.setattr(label, "encode_shards", lambda *a, **k: pytest.fail("labeled a finished dataset again"))
+    run(folder, tmp_path / "default", clip, **defects)
     with pytest.raises(LabelError, match="min_share"):
         run(folder, tmp_path / "bad", clip, min_share=1.5)

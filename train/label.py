@@ -75,12 +75,10 @@ def label_folder(image_dir, out_dir, clip, knowledge, top_k=5, batch_size=64, wo
         "format": FORMAT, "kind": "folder", "clip": clip_id(clip), "embed_dim": clip.embed_dim,
         "knowledge": kb.name, "knowledge_hash": kb.hash(), "top_k": min(top_k, len(kb.prompts)),
         "class_prior": prior, "prior_weight": float(prior_weight) if prior else None,
-        "source": str(root.resolve()), "max_pixels": max_pixels, "files": digest(stats),
+        "source": str(root.resolve()), "max_pixels": max_pixels, "files": digest(stats), "min_share": float(min_share),
     }
-    if min_share != MIN_SHARE:  # absent = the default, so a dataset labeled before still counts as done
-        inputs["min_share"] = float(min_share)
     out = Path(out_dir)
-    if start_output(out, inputs, overwrite):
+    if start_output(out, inputs, overwrite, defaults={"min_share": MIN_SHARE}):  # labeled before it was a flag
         return out
     encoded = encode_shards(files, names, stats, out / PARTS, clip, kb.sentences(), shard_size=shard_size,
                             batch_size=batch_size, workers=workers, max_pixels=max_pixels, progress=progress,

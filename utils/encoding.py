@@ -82,8 +82,9 @@ def digest(lines) -> str:
     return hashlib.sha256("\n".join(lines).encode("utf-8")).hexdigest()[:16]
 
 
-def start_output(out, inputs, overwrite=False) -> bool:
-    """True when `out` already holds this very dataset; otherwise ready it for (re)building.
+def start_output(out, inputs, overwrite=False, defaults=None) -> bool:
+    """True when `out` already holds this very dataset; otherwise ready it for (re)building. `defaults`: values
+    of inputs that datasets written before them did not record (they were made with these).
 
     Refuses (DatasetMismatchError) to replace or resume work made with another CLIP or knowledge base
     unless `overwrite`, and refuses a folder holding dataset files without a manifest (not ours).
@@ -92,6 +93,7 @@ def start_output(out, inputs, overwrite=False) -> bool:
     from utils.data import CAPTIONS, EMBEDDINGS, FAILED, MANIFEST, DatasetError, DatasetMismatchError, read_manifest
 
     manifest, started = read_manifest(out), read_json(out / PARTS / "inputs.json")
+    manifest = None if manifest is None else {**(defaults or {}), **manifest}
     if overwrite:
         _clear(out)
     else:
