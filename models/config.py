@@ -8,6 +8,7 @@ import secrets
 from dataclasses import dataclass, replace
 
 from utils.options import add_arguments, from_dict, option
+from utils.summarizer import MIN_SHARE
 
 DEFAULT_CLIP = "openai/clip-vit-base-patch32"
 DEFAULT_LM = "facebook/opt-125m"
@@ -36,7 +37,7 @@ class CaptionerConfig:
     lm_frozen_layers: int = option(0, "blocks kept frozen with --lm-mode partial")
     knowledge: str = "fruit"  # the knowledge base the bundle was trained with (name or file)
     label_top_k: int = 3  # prompts each training caption summarizes (the labels' --top-k): the phrase draft's hint too
-    label_min_share: float = 0.1  # the labels' --min-share (utils/summarizer.py MIN_SHARE), for the same hint
+    label_min_share: float = MIN_SHARE  # the labels' --min-share, for the same hint
     clip_dim: int = 0  # filled in from the models
     lm_dim: int = 0
     format_version: int = FORMAT_VERSION

@@ -235,8 +235,9 @@ def main(argv=None):
 
     try:
         out = label_folder(args.images, args.out, args.clip, args.knowledge, top_k=args.top_k,
-                           min_share=args.min_share, batch_size=args.batch_size, workers=args.workers, class_prior=args.class_prior,
-                           progress=not args.quiet, prior_weight=args.prior_weight, max_pixels=args.max_pixels,
+                           min_share=args.min_share, batch_size=args.batch_size, workers=args.workers,
+                           class_prior=args.class_prior, progress=not args.quiet, prior_weight=args.prior_weight,
+                           max_pixels=args.max_pixels,
                            shard_size=args.shard_size, shard_index=args.shard_index, num_shards=args.num_shards,
                            overwrite=args.overwrite, device=args.device)
     except (LabelError, DatasetError, KnowledgeError, OSError) as error:
