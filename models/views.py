@@ -79,8 +79,9 @@ class PhotoTiles:
         healthy = "".join("1" if flag else "0" for flag in self.healthy)
         return f"tiles side={self.tile_side} aggregate={self.aggregate} healthy={healthy}"
 
-    def boxes(self, width, height):
-        return tiling.tile_boxes(width, height, self.tile_side)
+    def crops(self, picture):
+        """The photo's square tiles, row by row."""
+        return [picture.crop(box) for box in tiling.tile_boxes(*picture.size, self.tile_side)]
 
     def reduce(self, embeddings, probabilities):
         """One photo's tiles ([t, D], [t, P]) -> its row ([D], [P])."""
@@ -90,15 +91,18 @@ class PhotoTiles:
             return embeddings[best], probabilities[best]
         return embeddings[best], torch.from_numpy(tiling.aggregate(scores, self.healthy)).to(probabilities)
 
+    def reduce_photos(self, embeddings, probabilities, counts):
+        """Several photos' tiles ([T, D], [T, P], tiles per photo) -> their rows ([n, D], [n, P])."""
+        rows = [self.reduce(*photo) for photo in zip(embeddings.split(counts), probabilities.split(counts))]
+        return torch.stack([e for e, _ in rows]), torch.stack([p for _, p in rows])
+
     @torch.no_grad()
     def encode(self, clip, pictures, prompts):
         """Loaded photos -> ([n, D] embeddings, [n, P] probabilities over `prompts`), their tiles in one batch."""
-        tiles = [[picture.crop(box) for box in self.boxes(*picture.size)] for picture in pictures]
+        tiles = [self.crops(picture) for picture in pictures]
         embeddings = clip.encode_images([tile for photo in tiles for tile in photo])
         probabilities = clip.probabilities(embeddings, list(prompts))
-        counts = [len(photo) for photo in tiles]
-        rows = [self.reduce(*photo) for photo in zip(embeddings.split(counts), probabilities.split(counts))]
-        return torch.stack([e for e, _ in rows]), torch.stack([p for _, p in rows])
+        return self.reduce_photos(embeddings, probabilities, [len(photo) for photo in tiles])
 
 
 def photo_reading(clip, picture, prompts, healthy, view="tiles", tile_side=0):

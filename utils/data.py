@@ -183,8 +183,8 @@ class ImageFiles(Dataset):
 
     Made for DataLoader workers: decoding and preprocessing run there, and a bad file comes back as an
     error string (corrupt, not an image, too large, missing) instead of stopping the run. With `tiles` (an
-    object whose boxes(width, height) lists square crops, e.g. models/views.py PhotoTiles) the pixels are
-    every crop's, [t, 3, S, S] (collate_tiles).
+    object whose crops(picture) lists square crops, e.g. models/views.py PhotoTiles) the pixels are every
+    crop's, [t, 3, S, S] (collate_tiles).
     """
 
     def __init__(self, paths, processor, max_pixels=DEFAULT_MAX_PIXELS, draft=True, tiles=None):
@@ -201,7 +201,7 @@ class ImageFiles(Dataset):
         path = self.paths[index]
         try:
             image = read_image(path, self.max_pixels, self.draft_size)
-            crops = [image] if self.tiles is None else [image.crop(box) for box in self.tiles.boxes(*image.size)]
+            crops = [image] if self.tiles is None else self.tiles.crops(image)
             pixels = self.processor(images=crops, return_tensors="pt")["pixel_values"]
             pixels = pixels[0] if self.tiles is None else pixels
         except ImageLoadError as error:  # the failed list names the file already

@@ -18,6 +18,9 @@ from utils.files import atomic_write, local_or_id, read_json, write_json
 from utils.images import DEFAULT_MAX_PIXELS
 
 SHARD_SIZE = 512
+PARTS = ".parts"
+IDENTITY = ("clip", "embed_dim", "knowledge_hash")  # what a re-run may not change without --overwrite
+FORMAT = 1
 
 
 def default_workers() -> int:
@@ -28,9 +31,6 @@ def default_workers() -> int:
 
 
 DEFAULT_WORKERS = default_workers()
-PARTS = ".parts"
-IDENTITY = ("clip", "embed_dim", "knowledge_hash")  # what a re-run may not change without --overwrite
-FORMAT = 1
 
 
 class LabelError(ValueError):
@@ -133,8 +133,7 @@ def _clear(out):
 
 def encode_shards(files, names, stats, parts_dir, clip, sentences, *, shard_size=SHARD_SIZE, batch_size=64,
                   workers=DEFAULT_WORKERS, max_pixels=DEFAULT_MAX_PIXELS, progress=True, shard_index=None, num_shards=1,
-                  draft=True,
-                  tiles=None):
+                  draft=True, tiles=None):
     """Encode the files whose shard part is missing or stale, then merge all parts -> Encoded.
 
     Each image is CLIP's center square of it; with `tiles` (models/views.py PhotoTiles) it is every square tile of
@@ -198,10 +197,7 @@ def _encode_batch(clip, pixels, sentences, counts, tiles):
     with torch.no_grad():
         probabilities = clip.logits(features, sentences).softmax(dim=-1) if sentences else features[:, :0]
     features, probabilities = features.float().cpu(), probabilities.float().cpu()
-    if tiles is None:
-        return features, probabilities
-    rows = [tiles.reduce(*photo) for photo in zip(features.split(counts), probabilities.split(counts))]
-    return torch.stack([e for e, _ in rows]), torch.stack([p for _, p in rows])
+    return (features, probabilities) if tiles is None else tiles.reduce_photos(features, probabilities, counts)
 
 
 def _part_path(parts_dir, s):
