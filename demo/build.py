@@ -1,7 +1,7 @@
 """Build the offline demo bundle: synthetic world -> small CLIP -> auto-labels -> mapper on frozen SmolLM2 ->
 verdict calibration.
 
-    python -m demo.build                           # checkpoints/demo (`make demo`), about 10 minutes on 2 cores
+    python -m demo.build                           # checkpoints/demo (`make demo`), 25-55 minutes on 2 cores
     python -m demo.build --quick --out /tmp/demo   # a tiny chain in well under a minute (tests)
     python -m demo.build --reference               # checkpoints/demo-reference-clip (`make reference-clip`)
 
@@ -14,7 +14,7 @@ timings) in it. Every stage is skipped when its output is complete and resumes w
 stage whose inputs changed (e.g. the CLIP was retrained) is redone, and so is everything after it.
 
 --reference trains the reference CLIP instead: the recipe's CLIP on the same world with the localization
-losses off (recipe.yaml reference_clip), about 7 minutes on 2 cores. It measures explanation methods on a
+losses off (recipe.yaml reference_clip), 10-20 minutes on 2 cores. It measures explanation methods on a
 CLIP nobody coached and is not part of the bundle.
 """
 import argparse
