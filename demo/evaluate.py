@@ -5,11 +5,13 @@
 
 Prints, per bundle or CLIP: CLIP top-1 defect type and healthy-vs-defect AUROC (and for a bundle auto-label
 and caption accuracy), then one row per explanation method (models/explain.py METHODS, each logit-target
-method also with the CLIP-ES target, and a bundle's caption map, by the app's method) with strict pointing (the peak pixel of
-the smoothly upsampled map inside the mask dilated by half a patch), lenient pointing (the peak patch
-touches the mask), energy inside the mask, deletion AUC (lower is better), insertion AUC and pixel AUROC,
-and a row of the same metrics for random maps: the score of no explanation. Judge methods on a CLIP that
-was not trained toward its maps (`python -m demo.build --reference`) and on the --hard world.
+method also with the CLIP-ES target, and a bundle's caption map, by the app's method) with strict pointing
+(the peak pixel of the smoothly upsampled map inside the mask dilated by half a patch), lenient pointing (the
+peak patch touches the mask), energy inside the mask, deletion AUC (lower is better), insertion AUC and pixel
+AUROC; then the same metrics for the true mask taken as the map (what pointing exactly at the defect scores:
+how low deletion AUC gets on this world that way) and for random maps (the score of no explanation). Judge
+methods on a CLIP that was not trained toward its maps (`python -m demo.build --reference`) and on the --hard
+world.
 """
 import argparse
 import os
@@ -172,7 +174,10 @@ def explanation_scores(clip, world, truth, knowledge, pixels, items, captioner=N
 
 
 def _scored(explainers, image, index, mask, score_fn, grid, steps, seed, random_name="random maps"):
-    """One row per explainer for one image, then the random maps' row."""
+    """One row per explainer for one image, then the true mask's (a map pointing exactly at the defect) and the
+    random maps' (no explanation)."""
+    from models.faithfulness import mask_to_grid
+
     rows = []
     for name, explain in explainers.items():
         start = time.perf_counter()
@@ -180,17 +185,20 @@ def _scored(explainers, image, index, mask, score_fn, grid, steps, seed, random_
         milliseconds = 1000 * (time.perf_counter() - start)
         rows.append({"method": name, "item": seed, **map_scores(saliency, mask, score_fn, image, steps),
                      "ms": milliseconds})
+    true_mask = mask_to_grid(mask, grid)
+    rows.append({"method": random_name.replace("random maps", "true mask"), "item": seed,
+                 **map_scores(true_mask, mask, score_fn, image, steps), "ms": np.nan})
     rows.append({"method": random_name, "item": seed, **random_scores(grid, mask, score_fn, image, seed, steps),
                  "ms": np.nan})
     return rows
 
 
 def explanation_table(rows):
-    """Methods as rows, metrics as columns (means over the items), the random rows last; deletion AUC: lower is
-    better."""
+    """Methods as rows, metrics as columns (means over the items), the true-mask and random rows last; deletion AUC:
+    lower is better."""
     frame = rows.groupby("method", sort=False).mean(numeric_only=True)
-    randoms = [name for name in frame.index if name.startswith("random")]
-    frame = frame.loc[[name for name in frame.index if name not in randoms] + randoms, [*METRICS, "ms"]]
+    references = [name for name in frame.index if name.startswith(("true mask", "random"))]
+    frame = frame.loc[[name for name in frame.index if name not in references] + references, [*METRICS, "ms"]]
     shown = frame.rename(columns={**METRICS, "ms": "ms/map"}).rename_axis(None)
     return shown.to_string(float_format=lambda v: f"{v:.3f}", na_rep="-",
                            formatters={"ms/map": lambda v: "-" if np.isnan(v) else f"{v:.0f}"})

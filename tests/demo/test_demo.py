@@ -224,6 +224,10 @@ def test_reference_clip_is_the_recipes_clip_without_localization_losses_and_eval
     assert ((scores >= 0) & (scores <= 1) | scores.isna()).all().all()
     printed = eval_demo.explanation_table(rows)
     assert printed.splitlines()[-1].startswith("random maps") and "strict pointing" in printed
+    assert printed.splitlines()[-2].startswith("true mask")
+    means = rows.groupby("method")[list(eval_demo.METRICS)].mean()
+    assert means.loc["true mask", "strict"] == 1 and means.loc["true mask", "auroc"] > 0.9
+    assert means.loc["true mask", "energy"] > means.loc["random maps", "energy"]
     ranked_first = [bool(clip.probabilities(pixels[i:i + 1], kb.sentences())[0].argmax()
                          == kb.index(truth["primary"][i])) for i in items]
     by_rank = eval_demo.recognition_table(rows)
