@@ -16,9 +16,8 @@ import time
 
 import cv2
 import numpy as np
-from PIL import Image
 
-from demo.world import item_rng, render_sample, widen_to_4_by_3
+from demo.world import item_rng, render_sample, render_strip, widen_to_4_by_3
 from models.inspector import Inspector
 from utils.plot import map_to_image
 
@@ -63,20 +62,8 @@ def pointing(inspector, n, seed):
           f"images (random peak: {np.mean(caption_chance):.3f})")
 
 
-def strip(seed, count=6, side=128, defective=True):
-    """`count` healthy items side by side, the last one defective (or healthy too: the control): (picture, the
-    last item's x range, its defects)."""
-    items = [render_sample(item_rng(seed, 1000 + i), side, side, defect_probs=[1]) for i in range(count)]
-    index = 0
-    while defective and not (bad := render_sample(item_rng(seed, 2000 + index), side, side, defect_probs=[0, 1])).masks:
-        index += 1
-    items = items[:-1] + [bad] if defective else items
-    picture = np.concatenate([np.asarray(s.image) for s in items], axis=1)
-    return Image.fromarray(picture), ((count - 1) * side, count * side), items[-1].defects
-
-
 def strip_test(inspector, seed):
-    picture, (start, end), defects = strip(seed)
+    picture, (start, end), defects = render_strip(seed)
     print(f"strip {picture.size[0]}x{picture.size[1]}: 5 healthy items, then one with {defects} at x {start}-{end}")
     for view in ("tiles", "center"):
         found = inspector.inspect(picture, view=view)
@@ -94,14 +81,14 @@ def strips(inspector, seed, count):
     the control, a strip of six healthy items per seed: the share judged defective (fail) and passed."""
     failed, named, landed = [], [], []
     for index in range(count):
-        picture, (start, end), defects = strip(seed + index)
+        picture, (start, end), defects = render_strip(seed + index)
         found = inspector.inspect(picture, caption_map=False)
         full = map_to_image(found.maps[0], picture.size, region=found.region)
         peak_x = int(np.unravel_index(np.nanargmax(full), full.shape)[1])
         failed.append(found.verdict.decision == "fail")
         named.append(found.top_k[0][0].id in defects)
         landed.append(start <= peak_x < end)
-    decisions = [inspector.inspect(strip(seed + index, defective=False)[0], caption_map=False).verdict.decision
+    decisions = [inspector.inspect(render_strip(seed + index, defective=False)[0], caption_map=False).verdict.decision
                  for index in range(count)]
     print(f"strips of seeds {seed}-{seed + count - 1} (tiles view): judged defective {np.mean(failed):.2f}, top "
           f"description a true defect {np.mean(named):.2f}, top map's peak on the defective item {np.mean(landed):.2f} "

@@ -4,6 +4,7 @@
     python -m demo.verdict_bench --loop            # and the correction loop (two short retrainings)
     python -m demo.verdict_bench --loop-only       # the correction loop alone
     python -m demo.verdict_bench --wide-only       # thresholds for 4:3 photos: fitted on center squares or tiles
+    python -m demo.verdict_bench --strips-only     # thresholds for six-item photos: fitted on single items or strips
 
 Worlds: the demo trains on seed 0 and calibrates on seed 2; this measures on seed 7 (--seed) and, for the
 loop, lets a simulated operator correct the wrongly captioned items of seed 11 (--loop-seed) from the world's
@@ -254,6 +255,38 @@ def wide_calibration(inspector, fit_seed, seed, n_fit, n):
     return pd.DataFrame(rows).T
 
 
+def strip_calibration(inspector, fit_seed=100, seed=7, n_fit=60, n=40):
+    """Thresholds alone on photos of six items in a row, the last one defective or all healthy (demo.world
+    render_strip): the bundle's own, fitted on single items, against thresholds fitted as calibrate.py fits them on
+    such strips (seeds fit_seed.., n_fit of each kind) for two targets; measured on n held-out strips of each kind
+    (seeds seed..) in the tiles view, the score the app's verdict reads. Per row: the shares of defective and of
+    healthy strips failed, passed and sent to review."""
+    from demo.world import render_strip
+    from models.views import photo_probabilities
+
+    clip, sentences, healthy = inspector.clip, inspector.sentences, np.array(inspector.knowledge.healthy_mask())
+
+    def scored(first, count):
+        truth = np.array([True] * count + [False] * count)
+        pictures = [render_strip(first + i % count, defective=bool(d))[0] for i, d in enumerate(truth)]
+        return cal.scores(photo_probabilities(clip, pictures, sentences, healthy), healthy), truth
+
+    fit, fit_truth = scored(fit_seed, n_fit)
+    held, held_truth = scored(seed, n)
+    thresholds = {"the bundle's (fitted on single items)": (inspector.calibration.t_pass, inspector.calibration.t_fail)}
+    for passed, failed in ((0.01, 0.02), (0.05, 0.1)):
+        thresholds[f"fitted on strips for <= {passed:.0%} / <= {failed:.0%}"] = cal.calibrate(*fit, fit_truth, passed,
+                                                                                              failed)
+    rows = {}
+    for name, (t_pass, t_fail) in thresholds.items():
+        verdicts = cal.decide(*held, t_pass, t_fail)
+        rows[name] = {"t_pass": t_pass, "t_fail": t_fail, **{
+            f"{kind}: {decision}": float(np.mean(verdicts[held_truth == defective] == decision))
+            for kind, defective in (("defective", True), ("healthy", False)) for decision in (cal.FAIL, cal.PASS,
+                                                                                              cal.REVIEW)}}
+    return pd.DataFrame(rows).T
+
+
 def show(title, table):
     text = table.to_string(float_format=lambda v: f"{v:.4f}") if isinstance(table, pd.DataFrame) else \
         "\n".join(f"{k}: {v:.4f}" if isinstance(v, float) else f"{k}: {v}" for k, v in table.items())
@@ -281,6 +314,9 @@ def main(argv=None):
     parser.add_argument("--wide", action="store_true", help="also: thresholds for 4:3 photos, fitted on their "
                                                               "center squares or their tiles")
     parser.add_argument("--wide-only", action="store_true", help="run the 4:3 check alone")
+    parser.add_argument("--strips", action="store_true", help="also: thresholds for photos of six items, fitted on "
+                                                                "single items or on such photos")
+    parser.add_argument("--strips-only", action="store_true", help="run the strips check alone")
     parser.add_argument("--wide-n", type=int, default=600, help="4:3 photos fitted on (calibration world seed 2); "
                                                                 "--n of --seed measure them (default: %(default)s)")
     args = parser.parse_args(argv)
@@ -291,11 +327,14 @@ def main(argv=None):
 
 def run(args):
     inspector = Inspector.load(args.bundle)
-    if not (args.loop_only or args.wide_only):
+    if not (args.loop_only or args.wide_only or args.strips_only):
         measure(args, inspector)
     if args.wide or args.wide_only:
         show(f"thresholds alone on held-out 4:3 photos (seed {args.seed}, {args.n}), tiles view",
              wide_calibration(inspector, 2, args.seed, args.wide_n, args.n))
+    if args.strips or args.strips_only:
+        show("thresholds alone on held-out strips of six items (one defective at the end, or none), tiles view",
+             strip_calibration(inspector))
     if args.loop or args.loop_only:
         table, sizes = correction_loop(args, inspector)
         show("correction loop: the simulated operator's set", sizes)

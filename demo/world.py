@@ -747,6 +747,19 @@ def widen_to_4_by_3(picture: Image.Image) -> Image.Image:
     return Image.fromarray(np.pad(square, ((0, 0), (side, side), (0, 0)), mode="edge"))
 
 
+def render_strip(seed: int, count: int = 6, side: int = 128, defective: bool = True):
+    """`count` healthy items side by side, the last one defective (or healthy too: a control), like a photo of a
+    conveyor: (picture, the last item's x range, its defects)."""
+    items = [render_sample(item_rng(seed, 1000 + i), side, side, defect_probs=[1]) for i in range(count)]
+    index = 0
+    while defective and not (bad := render_sample(item_rng(seed, 2000 + index), side, side,
+                                                  defect_probs=[0, 1])).masks:
+        index += 1
+    items = items[:-1] + [bad] if defective else items
+    picture = np.concatenate([np.asarray(s.image) for s in items], axis=1)
+    return Image.fromarray(picture), ((count - 1) * side, count * side), items[-1].defects
+
+
 def item_rng(seed: int, index: int) -> np.random.Generator:
     """Independent stream per item, so any item can be redrawn alone (resume, debugging)."""
     return np.random.default_rng(np.random.SeedSequence([seed, index]))

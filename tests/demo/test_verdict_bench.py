@@ -46,3 +46,21 @@ def test_the_wide_check_widens_items_to_4_by_3_and_fits_both_scores():
     table = verdict_bench.wide_calibration(Inspector.load(bundle, device="cpu"), 2, 7, n_fit=40, n=20)
     assert list(table.index) == ["fitted on center square", "fitted on tiles"]
     assert (table["items"].astype(int) == 20).all() and table["coverage"].between(0, 1).all()
+
+
+def test_the_strips_check_fits_thresholds_on_strips_and_splits_each_kind():
+    from pathlib import Path
+
+    from demo.world import render_strip
+    from models.inspector import Inspector
+
+    picture, (start, end), defects = render_strip(5, side=64)
+    assert picture.size == (6 * 64, 64) and (start, end) == (5 * 64, 6 * 64) and defects
+    assert not render_strip(5, side=64, defective=False)[2]
+    inspector = Inspector.load(Path(__file__).resolve().parents[2] / "checkpoints" / "demo", device="cpu")
+    table = verdict_bench.strip_calibration(inspector, fit_seed=100, seed=7, n_fit=6, n=4)
+    assert table.index[0] == "the bundle's (fitted on single items)"
+    assert table.iloc[0]["t_pass"] == inspector.calibration.t_pass and len(table) == 3
+    for kind in ("defective", "healthy"):
+        shares = table[[f"{kind}: {decision}" for decision in ("fail", "pass", "review")]]
+        assert np.allclose(shares.sum(axis=1), 1) and ((shares * 4) % 1 == 0).all().all()  # shares of 4 strips
