@@ -266,10 +266,10 @@ def strip_calibration(inspector, fit_seed=100, seed=7, n_fit=60, n=40):
 
     clip, sentences, healthy = inspector.clip, inspector.sentences, np.array(inspector.knowledge.healthy_mask())
 
-    def scored(first, count):
-        truth = np.array([True] * count + [False] * count)
-        pictures = [render_strip(first + i % count, defective=bool(d))[0] for i, d in enumerate(truth)]
-        return cal.scores(photo_probabilities(clip, pictures, sentences, healthy), healthy), truth
+    def scored(first, count):  # count defective strips, then count healthy ones
+        pictures = [render_strip(first + i, defective=bad)[0] for bad in (True, False) for i in range(count)]
+        probabilities = photo_probabilities(clip, pictures, sentences, healthy)
+        return cal.scores(probabilities, healthy), np.repeat([True, False], count)
 
     fit, fit_truth = scored(fit_seed, n_fit)
     held, held_truth = scored(seed, n)
@@ -280,10 +280,10 @@ def strip_calibration(inspector, fit_seed=100, seed=7, n_fit=60, n=40):
     rows = {}
     for name, (t_pass, t_fail) in thresholds.items():
         verdicts = cal.decide(*held, t_pass, t_fail)
-        rows[name] = {"t_pass": t_pass, "t_fail": t_fail, **{
-            f"{kind}: {decision}": float(np.mean(verdicts[held_truth == defective] == decision))
-            for kind, defective in (("defective", True), ("healthy", False)) for decision in (cal.FAIL, cal.PASS,
-                                                                                              cal.REVIEW)}}
+        rows[name] = {"t_pass": t_pass, "t_fail": t_fail}
+        for kind, defective in (("defective", True), ("healthy", False)):
+            for decision in (cal.FAIL, cal.PASS, cal.REVIEW):
+                rows[name][f"{kind}: {decision}"] = float(np.mean(verdicts[held_truth == defective] == decision))
     return pd.DataFrame(rows).T
 
 
