@@ -20,3 +20,14 @@ def name_kind(caption, knowledge, kind):
                 named = opening(kind.noun, mode, knowledge.healthy_word)
                 return (named if caption[0].isupper() else named[0].lower() + named[1:]) + caption[len(written):]
     return caption
+
+
+def kind_probabilities(clip, embeddings, knowledge):
+    """[n, kinds] CLIP softmax over the knowledge base's kind prompts for image embeddings [n, d] (None without
+    kinds): the auto-labels and the operators' corrections name the likeliest."""
+    if not knowledge.kinds:
+        return None
+    import torch
+
+    with torch.no_grad():
+        return clip.logits(embeddings.to(clip.device), knowledge.kind_sentences()).softmax(dim=-1).float().cpu()

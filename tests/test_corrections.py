@@ -6,6 +6,8 @@ import pytest
 import torch
 
 from conftest import make_tiny_captioner, smooth_photo
+from models.clip import CLIPW
+from models.kinds import kind_probabilities
 from models.verdict import Calibration, load_calibration, save_calibration
 from train import corrections
 from train import train as train_script
@@ -13,6 +15,7 @@ from train.label import label_folder
 from utils.data import load_dataset, read_failed
 from utils.knowledge import load_knowledge
 from utils.reviews import ReviewStore
+from utils.summarizer import summarize
 from utils.training_data import load_training_data
 
 KB = load_knowledge("fruit")
@@ -48,14 +51,23 @@ def world(tmp_path_factory):
     return root, auto
 
 
+def bruise_caption(human):
+    """The caption summarized from 4.jpg's ticked bruise: it names the kind CLIP sees ("An apple with ...")."""
+    caption, = [c for c in human.captions if c.endswith(" with a brown bruise.")]
+    return caption
+
+
 def test_reviews_become_a_human_labeled_dataset(world):
     root, _ = world
     corrections.main(["--reviews", str(root / "reviews"), "--out", str(root / "human"), "--clip", str(root / "clip"),
                       "--workers", "0", "--quiet"])
     human = load_dataset(root / "human")
     assert human.manifest["labeled_by"] == "human" and human.manifest["knowledge_hash"] == KB.hash()
-    assert sorted(human.captions) == ["A fresh fruit with smooth unblemished skin.", "A fruit with a brown bruise.",
-                                      "A fruit with a cut in the skin."]  # the newer review of 5.jpg won
+    ticked = human.captions.index(bruise_caption(human))
+    assert sorted(human.captions[:ticked] + human.captions[ticked + 1:]) == [
+        "A fresh fruit with smooth unblemished skin.", "A fruit with a cut in the skin."]  # the newer review of 5.jpg won
+    likeliest = kind_probabilities(CLIPW.from_pretrained(str(root / "clip")), human.embeddings[[ticked]], KB).argmax()
+    assert human.captions[ticked] == summarize([("bruise", 1.0)], KB, kind=KB.kinds[int(likeliest)])  # as label.py
     assert list(human.table["class"]).count("defective") == 2
     (skipped, reason), = read_failed(root / "human")
     assert "marked wrong without a corrected caption" in reason
@@ -71,7 +83,7 @@ def test_training_prefers_the_human_caption_of_a_shared_image(world):
     assert len(mixed.captions) == 8 - 2 + 3 * 3  # 4.jpg and 5.jpg replaced; every human row three times
     shared = load_dataset(auto).embeddings[[plain.paths.index("0:defective/4.jpg")]]
     rows = [i for i, e in enumerate(mixed.embeddings) if torch.nn.functional.cosine_similarity(e, shared[0], 0) > 0.9999]
-    assert {mixed.captions[i] for i in rows} == {"A fruit with a brown bruise."}
+    assert {mixed.captions[i] for i in rows} == {bruise_caption(load_dataset(root / "human"))}
 
 
 def test_retraining_starts_from_the_previous_bundle_and_keeps_its_calibration(world):

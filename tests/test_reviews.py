@@ -135,6 +135,8 @@ def test_what_a_review_teaches():
            "corrected_caption": ""}
     caption, _ = training_caption(row, KB)
     assert caption == "A fruit with soft brown rot and a brown bruise."
+    pear = next(kind for kind in KB.kinds if kind.id == "pear")
+    assert training_caption(row, KB, pear)[0] == "A pear with soft brown rot and a brown bruise."  # the kind CLIP sees
     assert training_caption({**row, "corrected_caption": "A pear with rot."}, KB)[0] == "A pear with rot."
     assert training_caption({**row, "descriptions": [], "judgement": "right"}, KB)[0] == "A fresh fruit."
     caption, why = training_caption({**row, "descriptions": []}, KB)

@@ -4,7 +4,8 @@
     python train/train.py data/photos data/corrections --init-from checkpoints/demo --human-repeat 5 --out runs/r2
 
 Each reviewed image becomes one row, captioned by what the operator said: their corrected caption, else a
-caption summarized from the descriptions they ticked, else (a result marked right) the model's caption. A
+caption summarized from the descriptions they ticked (naming the kind CLIP sees when the knowledge base lists
+kinds, as train/label.py's captions do), else (a result marked right) the model's caption. A
 result marked wrong with nothing to learn from is listed in failed_images.txt with the reason; when an image
 was reviewed twice, the newer review wins. The dataset is marked human-labeled (manifest "labeled_by":
 "human"), so train/train.py prefers its captions where the same image is also in an auto-labeled dataset.
@@ -60,8 +61,10 @@ def import_reviews(review_dir, out_dir, clip, *, knowledge=None, batch_size=64, 
     import pandas as pd
 
     from models.clip import CLIPW
+    from models.kinds import kind_probabilities
     from models.views import PhotoTiles
     from utils.caption_words import named_defects
+    from utils.reviews import training_caption
 
     check_settings(batch_size=batch_size, workers=workers, shard_size=shard_size)
     root = Path(review_dir)
@@ -81,11 +84,13 @@ def import_reviews(review_dir, out_dir, clip, *, knowledge=None, batch_size=64, 
     encoded = encode_shards(files, names, stats, out / PARTS, clip, kb.sentences(), shard_size=shard_size,
                             batch_size=batch_size, workers=workers, max_pixels=max_pixels, progress=progress,
                             tiles=PhotoTiles(tuple(kb.healthy_mask())))  # as label.py: the tile the app captions
-    by_name = {row["image"]: (row, caption) for row, caption in items}
-    table = pd.DataFrame([{"id": by_name[n][0]["id"], "path": n,
-                           "class": "defective" if named_defects(by_name[n][1], kb) else "healthy",
-                           "caption": by_name[n][1], "judgement": by_name[n][0]["judgement"],
-                           "sha256": by_name[n][0]["sha256"]} for n in encoded.names],
+    rows = {row["image"]: row for row, _ in items}
+    likely = kind_probabilities(clip, encoded.embeddings, kb)  # CLIP's kind, as train/label.py names it
+    kinds = [None] * len(encoded.names) if likely is None else [kb.kinds[i] for i in likely.argmax(dim=1).tolist()]
+    captions = [training_caption(rows[name], kb, kind)[0] for name, kind in zip(encoded.names, kinds)]
+    table = pd.DataFrame([{"id": rows[n]["id"], "path": n, "class": "defective" if named_defects(c, kb) else "healthy",
+                           "caption": c, "judgement": rows[n]["judgement"], "sha256": rows[n]["sha256"]}
+                          for n, c in zip(encoded.names, captions)],
                          columns=["id", "path", "class", "caption", "judgement", "sha256"])
     finish_output(out, encoded.embeddings, table, inputs, skipped + encoded.failed)
     return out

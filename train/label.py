@@ -53,6 +53,7 @@ def label_folder(image_dir, out_dir, clip, knowledge, top_k=5, batch_size=64, wo
     With shard_index set only that share of the shards is encoded (no merge); see the module docstring.
     """
     from models.clip import CLIPW
+    from models.kinds import kind_probabilities
     from models.views import PhotoTiles
     from utils.data import class_of
     from utils.knowledge import load_knowledge
@@ -86,7 +87,7 @@ def label_folder(image_dir, out_dir, clip, knowledge, top_k=5, batch_size=64, wo
                             tiles=PhotoTiles(tuple(kb.healthy_mask())))  # the tile the app captions
     if encoded is None:
         return out  # this process's shards are done; a run without shard_index merges
-    table = label_table(encoded, kb, inputs["top_k"], prior, prior_weight, kind_probabilities(clip, encoded, kb),
+    table = label_table(encoded, kb, inputs["top_k"], prior, prior_weight, kind_probabilities(clip, encoded.embeddings, kb),
                         min_share)
     finish_output(out, encoded.embeddings, table, inputs, encoded.failed)
     return out
@@ -163,17 +164,6 @@ def apply_class_prior(probabilities, classes, prior, knowledge, weight=PRIOR_WEI
         factors[rows[:, None], torch.tensor([knowledge.index(i) for i in ids])] = weight
     scaled = probabilities * factors
     return scaled / scaled.sum(dim=1, keepdim=True)
-
-
-def kind_probabilities(clip, encoded, knowledge):
-    """[n, kinds] CLIP softmax over the knowledge base's kind prompts (None without kinds)."""
-    if not knowledge.kinds:
-        return None
-    import torch
-
-    with torch.no_grad():
-        features = encoded.embeddings.to(clip.device)
-        return clip.logits(features, knowledge.kind_sentences()).softmax(dim=-1).float().cpu()
 
 
 def label_table(encoded, knowledge, top_k, prior=None, prior_weight=PRIOR_WEIGHT, kinds=None, min_share=MIN_SHARE):

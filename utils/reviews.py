@@ -120,16 +120,17 @@ def _suffix(data, name):
     return IMAGE_FORMATS.get(found) or Path(name).suffix.lower() or ".img"
 
 
-def training_caption(row, knowledge):
+def training_caption(row, knowledge, kind=None):
     """(caption, "") the review teaches, or (None, why not): the operator's own caption, else one summarized
-    from the descriptions they ticked, else, for a result marked right, the model's caption."""
+    from the descriptions they ticked (naming `kind`, as the auto-labels name CLIP's), else, for a result
+    marked right, the model's caption."""
     from utils.summarizer import summarize
 
     if row.get("corrected_caption"):
         return row["corrected_caption"], ""
     ticked = [p for p in knowledge.prompts if p.id in set(row.get("descriptions") or [])]
     if ticked:
-        return summarize([(p, 1.0) for p in ticked], knowledge), ""
+        return summarize([(p, 1.0) for p in ticked], knowledge, kind=kind), ""
     if row.get("judgement") == "right" and row.get("caption"):
         return row["caption"], ""
     return None, "marked wrong without a corrected caption or ticked descriptions"
