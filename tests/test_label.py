@@ -56,6 +56,15 @@ def run(folder, out, clip, **kwargs):
     return label_folder(folder, out, clip, KB, **kwargs)
 
 
+def test_a_knowledge_base_without_kinds_labels_without_them(folder, clip, tmp_path):
+    solar = load_knowledge("solar_cell")  # lists no product kinds: the captions name its domain noun
+    table = load_dataset(label_folder(folder, tmp_path / "ds", clip, solar, top_k=2, workers=0, progress=False,
+                                      max_pixels=MAX_PIXELS)).table
+    assert "kind" not in table.columns and "kind_prob" not in table.columns
+    assert all(caption == summarize([(row.prompt_1, row.prob_1), (row.prompt_2, row.prob_2)], solar)
+               for caption, row in zip(table["caption"], table.itertuples()))
+
+
 def test_labels_a_folder(folder, clip, tmp_path):
     out = run(folder, tmp_path / "ds", clip)
     data = load_dataset(out)
