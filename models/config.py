@@ -74,8 +74,9 @@ class GenerationOptions:
                                     "past where it would stop")
     max_new_tokens: int = option(30, "longest caption in tokens")
     repetition_penalty: float = option(1.0, "above 1 discourages repeating tokens")
-    no_repeat_ngram_size: int = option(2, "never repeat a run of this many tokens (stops 'a cut in the skin and "
-                                          "a cut in the skin'; no sentence of the fruit knowledge base's summarizer "
+    no_repeat_ngram_size: int = option(2, "never repeat a run of this many tokens, compared as words (case and "
+                                          "plural aside: stops 'a cut in the skin and a cut in the skin' and 'dark "
+                                          "spots, dark spot'; no sentence of the fruit knowledge base's summarizer "
                                           "repeats a token pair); 3 suits free-form captions; 0 = off")
     constrained: bool = option(False, "write only sentences the knowledge base's summarizer could write: defect "
                                       "phrases from the knowledge base, each at most once")

@@ -1,21 +1,22 @@
-"""The n-gram ban of decoding, blind to case: transformers' NoRepeatNGramLogitsProcessor compares token ids, so
-"soft brown rot, soft Brown rot" passes it (" brown" and " Brown" are different tokens); this one compares
-tokens by their lower-cased text."""
+"""The n-gram ban of decoding, by words: transformers' NoRepeatNGramLogitsProcessor compares token ids, so
+"soft brown rot, soft Brown rot" passes it (" brown" and " Brown" are different tokens), and so does "dark spots,
+dark spot"; this one compares tokens by their text, lower-cased and without a plural "s"."""
 import math
 
 import torch
 from transformers import LogitsProcessor, NoRepeatNGramLogitsProcessor
 
+from utils.caption_words import singular
 
-def caseless_classes(texts):
-    """[V] for each token (given by its text) the first token id with the same lower-cased text."""
+
+def word_classes(texts):
+    """[V] for each token (given by its text) the first token id of the same word: case and plural aside."""
     first = {}
-    return torch.tensor([first.setdefault(text.lower(), i) for i, text in enumerate(texts)], dtype=torch.long)
+    return torch.tensor([first.setdefault(singular(text), i) for i, text in enumerate(texts)], dtype=torch.long)
 
 
-class CaselessNoRepeatNGram(LogitsProcessor):
-    """No run of `size` tokens twice, tokens of the same lower-cased text counting as one (`classes`: as from
-    caseless_classes)."""
+class WordNoRepeatNGram(LogitsProcessor):
+    """No run of `size` tokens twice, tokens of the same word counting as one (`classes`: as from word_classes)."""
 
     def __init__(self, size, classes):
         self.ban, self.classes = NoRepeatNGramLogitsProcessor(size), classes

@@ -197,7 +197,7 @@ class ClipCaptioner(nn.Module):
         """GenerationOptions -> keyword arguments of transformers' generate."""
         from transformers import LogitsProcessorList
 
-        from models.repeats import CaselessNoRepeatNGram
+        from models.repeats import WordNoRepeatNGram
 
         settings = dict(
             do_sample=options.sampling, num_beams=options.num_beams, min_new_tokens=options.min_new_tokens,
@@ -208,8 +208,8 @@ class ClipCaptioner(nn.Module):
         if options.constrained:  # the grammar forbids repeats itself; an n-gram ban could block its only way on
             settings.update(prefix_allowed_tokens_fn=self._grammar.allowed_tokens_fn(options.prefix_text or ""))
         elif options.no_repeat_ngram_size > 0:  # given as a processor: over the caption's tokens (the prompt is
-            # embeddings), case-blind ("soft brown rot, soft Brown rot" is a repeat too)
-            settings["logits_processor"].append(CaselessNoRepeatNGram(options.no_repeat_ngram_size, self._classes))
+            # embeddings), by words ("soft brown rot, soft Brown rot" and "dark spots, dark spot" repeat too)
+            settings["logits_processor"].append(WordNoRepeatNGram(options.no_repeat_ngram_size, self._classes))
         if options.sampling:
             settings.update(temperature=options.temperature, top_k=options.top_k or None, top_p=options.top_p)
         else:
@@ -227,10 +227,10 @@ class ClipCaptioner(nn.Module):
 
     @functools.cached_property
     def _classes(self):
-        """Each token's case-blind class, for the n-gram ban (models/repeats.py)."""
-        from models.repeats import caseless_classes
+        """Each token's word class (case and plural aside), for the n-gram ban (models/repeats.py)."""
+        from models.repeats import word_classes
 
-        return caseless_classes(self._token_texts)
+        return word_classes(self._token_texts)
 
     @functools.cached_property
     def _knowledge(self):

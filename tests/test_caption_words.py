@@ -10,6 +10,7 @@ FRUIT = load_knowledge("fruit")
     ("A fruit with a cut in the skin and a cut in the skin.", "a cut"),
     ("A fruit with white fuzzy mold, a brown bruise and white fuzzy mold.", "white fuzzy"),
     ("An apple with green mold and white fuzzy mold.", None),  # "mold" twice, as two different molds
+    ("A lemon with dark spots, dark mold and dark spot.", "dark spot"),  # singular and plural alike
     ("A pear with green mold, a brown bruise and a cut in the skin.", None),  # "and a" is no phrase
 ])
 def test_repeated_phrases(caption, repeat):

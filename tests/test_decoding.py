@@ -165,14 +165,19 @@ def test_a_summary_opening_of_another_kind_becomes_clips():
         assert name_kind(free, FRUIT, apple) == free  # not the summarizer's opening: left as written
 
 
-def test_the_ngram_ban_is_blind_to_case():
-    from models.repeats import CaselessNoRepeatNGram, caseless_classes
+def test_the_ngram_ban_compares_words_case_and_plural_aside():
+    from models.repeats import WordNoRepeatNGram, word_classes
 
     texts = [" soft", " brown", " Brown", " rot", ","]  # "soft brown rot, soft Brown ..." must not pass
-    ban = CaselessNoRepeatNGram(2, caseless_classes(texts))
+    ban = WordNoRepeatNGram(2, word_classes(texts))
     for said in ([0, 1, 3, 4, 0], [0, 2, 3, 4, 0]):
         scores = ban(torch.tensor([said]), torch.zeros(1, len(texts) + 2))  # the LM has 2 rows beyond the tokens
         assert torch.isinf(scores[0]).tolist() == [False, True, True, False, False, False, False]
     assert not torch.isinf(ban(torch.tensor([[0, 1, 3]]), torch.zeros(1, 5))).any()
     narrower = ban(torch.tensor([[0, 1, 0]]), torch.zeros(1, 3))  # an LM with fewer rows than the tokenizer
     assert torch.isinf(narrower[0]).tolist() == [False, True, True]
+    texts = [" dark", " spots", " spot", " Spot", ",", " glass", " glas"]  # "dark spots, dark spot" must not pass
+    ban = WordNoRepeatNGram(2, word_classes(texts))
+    scores = ban(torch.tensor([[0, 1, 4, 0]]), torch.zeros(1, len(texts)))
+    assert torch.isinf(scores[0]).tolist() == [False, True, True, True, False, False, False]
+    assert word_classes(texts)[5] != word_classes(texts)[6]  # "glass" is no plural

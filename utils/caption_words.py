@@ -12,6 +12,13 @@ HEALTHY_WORDS = frozenset({"fresh", "healthy", "unblemished", "ripe"})
 FILLER = frozenset({"a", "an", "the", "with", "in", "of", "and", "skin", "fruit", "photo"})
 
 
+def singular(word):
+    """`word` lower-cased, a plural "s" dropped ("Spots" -> "spot"; "glass", "has" stay): the form in which a
+    repeat is recognized ("dark spots ... dark spot" repeats)."""
+    word = word.lower()
+    return word[:-1] if len(word.strip()) > 3 and word.endswith("s") and not word.endswith("ss") else word
+
+
 def words(text):
     return set(re.findall(r"[a-z]+", str(text).lower()))
 
@@ -45,9 +52,10 @@ def named_kinds(caption, knowledge):
 
 
 def repeated_phrase(caption):
-    """The first word pair that occurs twice ("a cut" in "a cut in the skin and a cut in the skin"), unless both
-    words are fillers ("and a"); None when nothing repeats. A looping caption is what it catches."""
-    said = re.findall(r"[a-z]+", str(caption).lower())
+    """The first word pair that occurs twice ("a cut" in "a cut in the skin and a cut in the skin"; singular and
+    plural alike), unless both words are fillers ("and a"); None when nothing repeats. A looping caption is what
+    it catches."""
+    said = [singular(word) for word in re.findall(r"[a-z]+", str(caption).lower())]
     seen = set()
     for pair in zip(said, said[1:]):
         if pair in seen and not set(pair) <= FILLER:
