@@ -86,13 +86,13 @@ def teacher_captions(clip, embeddings, knowledge, top_k=3):
     CLIP's likeliest kind."""
     import torch
 
+    from models.kinds import likeliest_kinds
     from utils.summarizer import summarize_top
 
     with torch.no_grad():
         probs = clip.logits(embeddings, knowledge.sentences()).softmax(-1)
-        kinds = clip.logits(embeddings, knowledge.kind_sentences()).argmax(-1).tolist() if knowledge.kinds else None
-    return [summarize_top(row, knowledge, top_k, kind=knowledge.kinds[kinds[i]] if kinds else None)
-            for i, row in enumerate(probs.tolist())]
+    return [summarize_top(row, knowledge, top_k, kind=kind)
+            for row, kind in zip(probs.tolist(), likeliest_kinds(clip, embeddings, knowledge))]
 
 
 def bad_examples(captions, truth, knowledge, count):

@@ -10,6 +10,7 @@ from PIL import Image
 from models.clip import CLIPW
 from models.config import GenerationOptions, InspectOptions
 from models.explain import get_method
+from models.kinds import kind_probabilities
 from models.phrases import CaptionTarget
 from models.verdict import Calibration, Verdict, judge, load_calibration
 from models.views import explain_photo
@@ -139,10 +140,10 @@ class Inspector:
 
     def kind_of(self, embedding):
         """(Kind, probability) CLIP ranks first among the knowledge base's kinds, or None without kinds."""
-        if not self.knowledge.kinds:
+        probs = kind_probabilities(self.clip, embedding, self.knowledge)
+        if probs is None:
             return None
-        with torch.no_grad():
-            probs = self.clip.logits(embedding.to(self.clip.device), self.knowledge.kind_sentences()).softmax(-1)[0]
+        probs = probs[0]
         best = int(probs.argmax())
         return self.knowledge.kinds[best], float(probs[best])
 

@@ -31,3 +31,11 @@ def kind_probabilities(clip, embeddings, knowledge):
 
     with torch.no_grad():
         return clip.logits(embeddings.to(clip.device), knowledge.kind_sentences()).softmax(dim=-1).float().cpu()
+
+
+def likeliest_kinds(clip, embeddings, knowledge):
+    """CLIP's likeliest Kind for each image embedding [n, d]; None for each without kinds."""
+    probabilities = kind_probabilities(clip, embeddings, knowledge)
+    if probabilities is None:
+        return [None] * len(embeddings)
+    return [knowledge.kinds[i] for i in probabilities.argmax(dim=1).tolist()]

@@ -14,7 +14,7 @@ from torch import nn
 from models.clip import CLIPW
 from models.config import PRECISIONS, CaptionerConfig, GenerationOptions
 from models.checked import GreedyRule, ModelDraft, PhraseDraft, checked_greedy
-from models.kinds import name_kind
+from models.kinds import likeliest_kinds, name_kind
 from models.lm import draft_lm, load_lm, set_trainable
 from models.mapper import build_mapper
 from models.verdict import BUNDLE_FILES
@@ -143,8 +143,8 @@ class ClipCaptioner(nn.Module):
         knowledge = self._knowledge
         if not knowledge.kinds:
             return captions
-        kinds = self.clip.logits(embeddings.float(), knowledge.kind_sentences()).argmax(-1).tolist()
-        return [name_kind(caption, knowledge, knowledge.kinds[kind]) for caption, kind in zip(captions, kinds)]
+        kinds = likeliest_kinds(self.clip, embeddings.float(), knowledge)
+        return [name_kind(caption, knowledge, kind) for caption, kind in zip(captions, kinds)]
 
     def _draft(self, options, rows):
         """What drafts greedy captions for the fp32 LM to check (models/checked.py): the reduced-precision copy
@@ -165,8 +165,7 @@ class ClipCaptioner(nn.Module):
         knowledge = self._knowledge
         with torch.no_grad():
             probs = self.clip.probabilities(embedding.float(), knowledge.sentences())[0]
-            kinds = self.clip.logits(embedding.float(), knowledge.kind_sentences())[0] if knowledge.kinds else None
-        kind = None if kinds is None else knowledge.kinds[int(kinds.argmax())]
+        kind, = likeliest_kinds(self.clip, embedding.float(), knowledge)
         text = summarize_top(probs.tolist(), knowledge, self.config.label_top_k, kind=kind,
                              min_share=self.config.label_min_share)
         return self.tokenizer(text, add_special_tokens=False).input_ids + [self.tokenizer.eos_token_id]

@@ -61,7 +61,7 @@ def import_reviews(review_dir, out_dir, clip, *, knowledge=None, batch_size=64, 
     import pandas as pd
 
     from models.clip import CLIPW
-    from models.kinds import kind_probabilities
+    from models.kinds import likeliest_kinds
     from models.views import PhotoTiles
     from utils.caption_words import named_defects
     from utils.reviews import training_caption
@@ -85,8 +85,7 @@ def import_reviews(review_dir, out_dir, clip, *, knowledge=None, batch_size=64, 
                             batch_size=batch_size, workers=workers, max_pixels=max_pixels, progress=progress,
                             tiles=PhotoTiles(tuple(kb.healthy_mask())))  # as label.py: the tile the app captions
     rows = {row["image"]: row for row, _ in items}
-    likely = kind_probabilities(clip, encoded.embeddings, kb)  # CLIP's kind, as train/label.py names it
-    kinds = [None] * len(encoded.names) if likely is None else [kb.kinds[i] for i in likely.argmax(dim=1).tolist()]
+    kinds = likeliest_kinds(clip, encoded.embeddings, kb)  # as train/label.py names them
     captions = [training_caption(rows[name], kb, kind)[0] for name, kind in zip(encoded.names, kinds)]
     table = pd.DataFrame([{"id": rows[n]["id"], "path": n, "class": "defective" if named_defects(c, kb) else "healthy",
                            "caption": c, "judgement": rows[n]["judgement"], "sha256": rows[n]["sha256"]}
