@@ -53,8 +53,9 @@ def inspect_world(inspector, world, batch_size=32, captions=True):
         layer = inspector.calibration.inputs.feature_layer
         features = torch.cat([inspector.clip.layer_features(inspector.clip.preprocess(pictures[i:i + batch_size]),
                                                             layer) for i in range(0, len(pictures), batch_size)])
-    verdicts = [judge(picture, feature, p, text, inspector.knowledge, inspector.calibration, inspector.statistics)
-                for picture, feature, p, text in zip(pictures, features, probabilities, texts)]
+    known = inspector.known_words()
+    verdicts = [judge(picture, feature, p, text, inspector.knowledge, inspector.calibration, inspector.statistics,
+                      known) for picture, feature, p, text in zip(pictures, features, probabilities, texts)]
     h, top = cal.scores(probabilities, inspector.knowledge.healthy_mask())
     kb = inspector.knowledge
     return pd.DataFrame({

@@ -4,13 +4,15 @@ probabilities over the knowledge base.
 The captioner writes from the image embedding through a mapper and a language model; CLIP's ranking of the
 knowledge base is a second, independent reading of the same embedding. Where the two disagree, one of them
 is wrong and an operator should look: the caption names a defect CLIP gives little probability, leaves out
-the defect CLIP is sure of, or calls an item fresh that CLIP sees as defective.
+the defect CLIP is sure of, or calls an item fresh that CLIP sees as defective. A caption using words that none
+of the captioner's training captions used shows the language model writing off its training, as on a photo
+unlike any it was trained for.
 """
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from utils.caption_words import named_prompts, says_healthy
+from utils.caption_words import named_prompts, says_healthy, unknown_words
 
 
 @dataclass
@@ -41,8 +43,9 @@ class CaptionCheck:
         return "the caption disagrees with the evidence: " + "; ".join(self.problems)
 
 
-def check_caption(caption, probabilities, knowledge, rules=None):
-    """CaptionCheck of `caption` against `probabilities` (one per knowledge-base prompt, in file order)."""
+def check_caption(caption, probabilities, knowledge, rules=None, known_words=None):
+    """CaptionCheck of `caption` against `probabilities` (one per knowledge-base prompt, in file order) and, when
+    given, `known_words` (the vocabulary of the captioner's training captions, utils.caption_words)."""
     rules = rules or CaptionRules()
     probabilities = np.asarray(probabilities, dtype=np.float64)
     prompts = knowledge.prompts
@@ -64,4 +67,8 @@ def check_caption(caption, probabilities, knowledge, rules=None):
         problems.append(f"it calls the item fresh but CLIP gives the defects {defect_mass:.0%}")
     if not fresh and not named:
         problems.append("it names nothing from the knowledge base")
+    unknown = unknown_words(caption, known_words) if known_words is not None else []
+    if unknown:
+        said = ", ".join(f'"{word}"' for word in unknown)
+        problems.append(f"it says {said}, which none of the captioner's training captions says")
     return CaptionCheck(named, fresh, problems)

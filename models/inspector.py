@@ -15,6 +15,7 @@ from models.phrases import CaptionTarget
 from models.verdict import Calibration, Verdict, judge, load_calibration
 from models.views import explain_photo
 from models.vlm import ClipCaptioner
+from utils.caption_words import vocabulary
 from utils.images import DEFAULT_MAX_PIXELS, load_image
 from utils.knowledge import Kind, Prompt, load_knowledge
 from utils.plot import combined_overlay, fit_for_display, individual_overlay, title_for
@@ -103,7 +104,7 @@ class Inspector:
         extra = seen.extra_maps
         caption_map, phrase_maps = (None, None) if extra is None else (extra[0], extra[1:])
         phrases = target.phrases if extra is not None else []
-        probabilities, verdict = self.assess(picture, found.embedding, caption, seen.probabilities)
+        probabilities, verdict = self.assess(picture, found.embedding, caption, seen.probabilities, generation)
         return Inspection(
             caption, top_k, found.maps, caption_map, combined, overlays,
             None if caption_map is None else draw.one(caption_map, f"caption: {caption}"), probabilities, verdict,
@@ -126,9 +127,18 @@ class Inspector:
                 "top_k": [{"id": p.id, "text": p.text, "prob": round(float(prob), 6)} for p, prob in found.top_k],
                 "bundle": self.source, "knowledge": self.knowledge.name, "settings": settings}
 
-    def assess(self, picture, embedding, caption, probabilities=None):
+    def known_words(self, generation=None):
+        """The words a caption may use without the caption check's notice: its captioner's training captions',
+        the knowledge base's kind nouns (CLIP's kind is written in) and the prefix text's; None (no check) for a
+        bundle that does not list its training words or without a captioner."""
+        if self.captioner is None or self.captioner.caption_words is None:
+            return None
+        given = [kind.noun for kind in self.knowledge.kinds] + [generation.prefix_text if generation else ""]
+        return self.captioner.caption_words | vocabulary(given)
+
+    def assess(self, picture, embedding, caption, probabilities=None, generation=None):
         """(probabilities over the whole knowledge base, Verdict) for a loaded picture and its CLIP embedding
-        (or the probabilities already known, e.g. aggregated over tiles)."""
+        (or the probabilities already known, e.g. aggregated over tiles); `generation` the caption's options."""
         if probabilities is None:
             with torch.no_grad():
                 probabilities = self.clip.probabilities(embedding, self.sentences)[0].float().cpu().numpy()
@@ -136,7 +146,7 @@ class Inspector:
         if self.statistics is not None:  # one more forward, for the "far from the training photos" check
             features = self.clip.layer_features(self.clip.preprocess(picture), self.calibration.inputs.feature_layer)
         return probabilities, judge(picture, features, probabilities, caption, self.knowledge, self.calibration,
-                                    self.statistics)
+                                    self.statistics, self.known_words(generation))
 
     def kind_of(self, embedding):
         """(Kind, probability) CLIP ranks first among the knowledge base's kinds, or None without kinds."""

@@ -109,10 +109,11 @@ class Verdict:
         return dataclasses.asdict(self)
 
 
-def judge(picture, features, probabilities, caption, knowledge, calibration=None, statistics=None):
+def judge(picture, features, probabilities, caption, knowledge, calibration=None, statistics=None,
+          known_words=None):
     """The Verdict for one inspection: `probabilities` over every knowledge-base prompt (file order),
     `features` CLIP's layer features of the picture (CLIPW.layer_features) for the distance check against
-    `statistics`, `caption` what the operator reads."""
+    `statistics`, `caption` what the operator reads, `known_words` the words it may use (caption check)."""
     calibration = calibration or Calibration()
     probabilities = np.asarray(probabilities, dtype=np.float64).reshape(-1)
     healthy = np.asarray(knowledge.healthy_mask())
@@ -124,7 +125,7 @@ def judge(picture, features, probabilities, caption, knowledge, calibration=None
     if statistics is not None and features is not None:
         distance = float(feature_distance(_numpy(features), *statistics)[0])
         problems += [p for p in [distance_problem(distance, calibration.inputs, knowledge.domain)] if p]
-    check = check_caption(caption, probabilities, knowledge, calibration.caption) if caption else None
+    check = check_caption(caption, probabilities, knowledge, calibration.caption, known_words) if caption else None
     decision, reasons = _decision(calibration, healthy_mass, knowledge.prompts[top].text, top_prob)
     overrides = [f"not a usable photo: {p}" for p in problems]
     overrides += [check.summary()] if check is not None and not check.agrees else []

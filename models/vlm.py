@@ -21,6 +21,7 @@ from models.verdict import BUNDLE_FILES
 from utils.files import load_safetensors, read_json_strict, staged_directory
 
 _GLOBAL_RNG_LOCK = threading.Lock()
+WORDS_FILE = "caption_words.json"
 
 
 @contextmanager
@@ -41,6 +42,7 @@ class ClipCaptioner(nn.Module):
         self.clip, self.lm, self.tokenizer, self.config = clip, lm, tokenizer, config
         self.lm_precision, self.draft_lm = "fp32", None  # a reduced-precision copy drafts, the fp32 LM checks
         self.companions = {}  # name -> bytes: the bundle's calibration files, written again with the bundle
+        self.caption_words = None  # the training captions' words (WORDS_FILE): the caption check's vocabulary
         self.mapper = build_mapper(
             config.mapper, config.clip_dim, config.lm_dim, config.prefix_length, config.mapper_hidden or None,
             config.clip_length, config.mapper_layers, config.mapper_heads,
@@ -293,6 +295,8 @@ class ClipCaptioner(nn.Module):
                 self.tokenizer.save_pretrained(staging / "lm")
             for name, data in {**read_companions(directory), **self.companions}.items():
                 (staging / name).write_bytes(data)  # a re-saved bundle keeps its calibration
+            if self.caption_words is not None:
+                (staging / WORDS_FILE).write_text(json.dumps(sorted(self.caption_words)))
 
     def init_mapper_from(self, bundle):
         """Start from another bundle's mapper (same CLIP and sizes), and take over its calibration files:
@@ -323,6 +327,7 @@ class ClipCaptioner(nn.Module):
         captioner.eval().requires_grad_(False)
         captioner.set_precision(lm_precision)
         captioner.companions = read_companions(directory)
+        captioner.caption_words = read_caption_words(directory)
         return captioner
 
 
@@ -346,6 +351,17 @@ def make_self_contained(bundle, device=None):
     bundle = Path(bundle)
     if (bundle / "config.json").is_file() and not (bundle / "clip").is_dir():
         ClipCaptioner.from_pretrained(bundle, device=device).save_pretrained(bundle, include_clip=True)
+
+
+def read_caption_words(directory):
+    """The bundle's training vocabulary (a set), or None for a bundle trained before it was kept."""
+    path = Path(directory) / WORDS_FILE
+    if not path.is_file():
+        return None
+    words = read_json_strict(path, "list of the training captions' words")
+    if not isinstance(words, list) or not all(isinstance(word, str) for word in words):
+        raise ValueError(f"{path}: expected a JSON list of words")
+    return frozenset(words)
 
 
 def read_companions(directory):

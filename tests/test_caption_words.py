@@ -1,6 +1,6 @@
 import pytest
 
-from utils.caption_words import named_defects, named_kinds, repeated_phrase, says_healthy
+from utils.caption_words import named_defects, named_kinds, repeated_phrase, says_healthy, unknown_words, vocabulary
 from utils.knowledge import load_knowledge
 
 FRUIT = load_knowledge("fruit")
@@ -29,3 +29,10 @@ def test_kinds_and_healthy():
     assert named_kinds("A fruit with rot.", FRUIT) == []
     assert says_healthy("A fresh pear with smooth unblemished skin.", FRUIT)
     assert not says_healthy("A pear with dark spots.", FRUIT)
+
+
+def test_words_a_captioner_never_saw_in_training():
+    known = vocabulary(["A lemon with dark spots.", "An apple with black mold and a cut in the skin."])
+    assert "spot" in known and "spots" not in known  # kept singular
+    assert unknown_words("A Lemon with dark spot, dark mold and dark shroud.", known) == ["shroud"]
+    assert unknown_words("An apple with black molds.", known) == []

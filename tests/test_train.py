@@ -15,6 +15,7 @@ from models.vlm import ClipCaptioner
 from train import evaluate as evaluate_script
 from train import predict as predict_script
 from train import train as train_script
+from utils.caption_words import vocabulary
 from utils.data import save_dataset
 from utils.files import short_names
 from utils.options import flag_names, from_dict
@@ -77,6 +78,7 @@ def test_two_epochs_write_metrics_curves_and_bundles(straight_run):
         loaded = ClipCaptioner.from_pretrained(out / name, device="cpu")
         assert loaded.config.label_top_k == 1  # the labels' top-k: the phrase draft's hint summarizes as they do
         assert loaded.config.label_min_share == 0.3  # and their --min-share
+        assert loaded.caption_words == vocabulary(CAPTIONS)  # the caption check's vocabulary
         captions = loaded.generate(embeddings=torch.randn(2, 32), max_new_tokens=5)
         assert len(captions) == 2 and all(isinstance(c, str) for c in captions)
     assert not (out / "best" / "optimizer.pt").exists() and (out / "state" / "optimizer.pt").exists()

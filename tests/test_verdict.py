@@ -5,11 +5,12 @@ from PIL import Image
 
 from conftest import make_tiny_captioner
 from models.caption_check import check_caption
+from models.config import GenerationOptions
 from models.inspector import Inspector
 from models.plausibility import InputRules, feature_distance, fit_statistics, image_problems
 from models.verdict import BUNDLE_FILES, CALIBRATION_FILE, Calibration, judge, load_calibration, save_calibration
-from models.vlm import ClipCaptioner
-from utils.caption_words import named_defects, says_healthy
+from models.vlm import WORDS_FILE, ClipCaptioner
+from utils.caption_words import named_defects, says_healthy, vocabulary
 from utils.knowledge import load_knowledge
 
 KB = load_knowledge("fruit")
@@ -57,6 +58,18 @@ def test_captions_that_contradict_the_probabilities_are_flagged(caption, probs, 
 ])
 def test_captions_that_agree_pass_the_check(caption, probs):
     assert check_caption(caption, probabilities(**probs), KB).agrees
+
+
+def test_a_caption_with_words_its_training_never_had_is_flagged():
+    known = vocabulary(["A lemon with dark spots and a cut.", "A fresh lemon with ripe even colour."])
+    sure = probabilities(dark_spots=0.9)
+    assert check_caption("A lemon with dark spots.", sure, KB, known_words=known).agrees
+    odd = check_caption("A lemon with dark spots and a dark shroud.", sure, KB, known_words=known)
+    assert odd.problems == ["it says \"shroud\", which none of the captioner's training captions says"]
+    assert check_caption("A lemon with dark spots and a dark shroud.", sure, KB).agrees  # no vocabulary, no check
+    verdict = judge(photo(), None, sure, "A lemon with dark spots and a dark shroud.", KB,
+                    Calibration(calibrated=True, knowledge_hash=KB.hash()), known_words=known)
+    assert verdict.decision == "review"
 
 
 def test_unusable_inputs_are_named():
@@ -121,6 +134,15 @@ def test_calibration_travels_with_the_bundle_and_survives_a_resave(tmp_path):
     inspector = Inspector.load(bundle, device="cpu")
     assert inspector.calibration.t_pass == 0.8 and "verdicts calibrated" in inspector.info()
     assert inspector.inspect(photo(), k=2, caption_map=False).verdict.distance > 0  # the check runs
+    assert inspector.known_words() is None  # a bundle without its training captions' words: no vocabulary check
+    captioner.caption_words = frozenset({"a", "fruit", "with", "mold"})
+    captioner.save_pretrained(bundle)
+    inspector = Inspector.load(bundle, device="cpu")
+    known = inspector.known_words(GenerationOptions(prefix_text="Condition:"))
+    assert {"fruit", "mold", "condition", "pear", "apple"} <= known  # trained on, the prefix's, the kinds' nouns
+    (bundle / WORDS_FILE).write_text("{not json")
+    with pytest.raises(ValueError, match="caption_words.json: damaged list"):
+        ClipCaptioner.from_pretrained(bundle, device="cpu")
     other = load_knowledge("fruit").to_dict()
     other["prompts"]["healthy"].append({"id": "shiny", "text": "shiny skin", "healthy": True})
     with pytest.warns(UserWarning, match="another knowledge base"):

@@ -54,7 +54,7 @@ def caption_and_top_k(inspector, picture, options, generation):
     embedding, probabilities = photo_reading(inspector.clip, picture, inspector.sentences, healthy, options.view,
                                              options.tile_side)
     caption = inspector.captioner.generate(embeddings=embedding, options=generation)[0]
-    probabilities, verdict = inspector.assess(picture, embedding, caption, probabilities)
+    probabilities, verdict = inspector.assess(picture, embedding, caption, probabilities, generation)
     best = np.argsort(-probabilities, kind="stable")[:options.k]
     top_k = [(inspector.knowledge.prompts[i], float(probabilities[i])) for i in best]
     return caption, top_k, verdict, inspector.kind_of(embedding)

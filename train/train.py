@@ -199,6 +199,7 @@ def train_epoch(run, epoch, opts, bar):
 def build_captioner(opts, data, device):
     """A fresh captioner on the CLIP that computed the datasets' embeddings."""
     from models.vlm import ClipCaptioner, read_config
+    from utils.caption_words import vocabulary
     from utils.files import local_or_id
     from utils.knowledge import dataset_knowledge
     from utils.training_data import same_model
@@ -218,6 +219,7 @@ def build_captioner(opts, data, device):
     captioner = ClipCaptioner.build(config, device)
     if opts.init_from:
         captioner.init_mapper_from(opts.init_from)
+    captioner.caption_words = frozenset(vocabulary(data.captions))  # the caption check's vocabulary
     if captioner.config.clip_dim != data.embeddings.shape[1]:
         raise ValueError(f"CLIP {clip!r} gives {captioner.config.clip_dim}-d embeddings but the datasets hold "
                          f"{data.embeddings.shape[1]}-d ones")

@@ -51,6 +51,17 @@ def named_kinds(caption, knowledge):
     return [k.id for k in knowledge.kinds if words(k.noun) <= said or words(k.noun + "s") <= said]
 
 
+def vocabulary(texts):
+    """The words of `texts`, lower-cased and singular: what a captioner trained on those captions has seen."""
+    return {singular(word) for text in texts for word in re.findall(r"[a-z]+", str(text).lower())}
+
+
+def unknown_words(caption, known):
+    """The caption's words (in order, each once) that `known` (a vocabulary) lacks."""
+    said = dict.fromkeys(re.findall(r"[a-z]+", str(caption).lower()))
+    return [word for word in said if singular(word) not in known]
+
+
 def repeated_phrase(caption):
     """The first word pair that occurs twice ("a cut" in "a cut in the skin and a cut in the skin"; singular and
     plural alike), unless both words are fillers ("and a"); None when nothing repeats. A looping caption is what
