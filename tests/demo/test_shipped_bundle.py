@@ -28,7 +28,8 @@ def captioner():
 
 
 def test_the_bundle_ships_with_the_repository():
-    for name in ("config.json", "mapper.safetensors", "clip/model.safetensors", "calibration.json", "demo.json"):
+    for name in ("config.json", "mapper.safetensors", "clip/model.safetensors", "calibration.json", "demo.json",
+                 "caption_words.json"):
         assert (BUNDLE / name).is_file(), f"{BUNDLE / name} is missing: the app's default must work on a fresh clone"
 
 
