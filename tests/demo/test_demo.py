@@ -13,7 +13,8 @@ from models.explain import METHODS
 from models.lm import CACHE_DIR
 from demo import evaluate as eval_demo
 from demo.scoring import caption_correct
-from utils.caption_words import named_defects
+from utils.caption_words import named_defects, vocabulary
+from utils.data import load_dataset
 from demo.build import build_demo, build_reference, is_complete, load_recipe
 from demo.pretrain_clip import (PretrainOptions, build_clip, kind_targets, load_defect_masks, mosaic, patch_targets,
                                  pretrain_clip, prompt_targets, text_tokens, train_loss, visible_targets)
@@ -200,6 +201,8 @@ def test_quick_build_makes_a_bundle_that_captions(tmp_path):
     assert calibration["calibrated"] and 0.5 <= calibration["t_pass"] <= 1 and calibration["report"]["items"] == 30
     assert (out / "input_statistics.safetensors").is_file() and (out / "risk_coverage.png").is_file()
     captioner = ClipCaptioner.from_pretrained(out, device="cpu")
+    labels = load_dataset(tmp_path / "demo-work" / "labels")
+    assert captioner.caption_words == vocabulary(labels.captions)  # its auto-labels' words: the caption check's
     image = next((tmp_path / "demo-world" / "images").rglob("*.jpg"))
     caption = captioner.generate(images=[image], max_new_tokens=8)
     assert len(caption) == 1 and isinstance(caption[0], str)
