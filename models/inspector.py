@@ -129,12 +129,13 @@ class Inspector:
 
     def known_words(self, generation=None):
         """The words a caption may use without the caption check's notice: its captioner's training captions',
-        the knowledge base's kind nouns (CLIP's kind is written in) and the prefix text's; None (no check) for a
-        bundle that does not list its training words or without a captioner."""
+        the knowledge base's own (descriptions, kinds: constrained decoding and CLIP's kind write them) and the
+        prefix text's; None (no check) for a bundle that does not list its training words or without a captioner."""
         if self.captioner is None or self.captioner.caption_words is None:
             return None
-        given = [kind.noun for kind in self.knowledge.kinds] + [generation.prefix_text if generation else ""]
-        return self.captioner.caption_words | vocabulary(given)
+        kb = self.knowledge
+        given = [p.text for p in kb.prompts] + [k.noun for k in kb.kinds] + [kb.domain, kb.healthy_word]
+        return self.captioner.caption_words | vocabulary(given + [generation.prefix_text if generation else ""])
 
     def assess(self, picture, embedding, caption, probabilities=None, generation=None):
         """(probabilities over the whole knowledge base, Verdict) for a loaded picture and its CLIP embedding

@@ -139,7 +139,8 @@ def test_calibration_travels_with_the_bundle_and_survives_a_resave(tmp_path):
     captioner.save_pretrained(bundle)
     inspector = Inspector.load(bundle, device="cpu")
     known = inspector.known_words(GenerationOptions(prefix_text="Condition:"))
-    assert {"fruit", "mold", "condition", "pear", "apple"} <= known  # trained on, the prefix's, the kinds' nouns
+    assert {"fruit", "mold", "condition", "pear", "apple", "shrivelled"} <= known  # trained on, the prefix's, the
+    assert "shroud" not in known  # knowledge base's kinds and descriptions
     (bundle / WORDS_FILE).write_text("{not json")
     with pytest.raises(ValueError, match="caption_words.json: damaged list"):
         ClipCaptioner.from_pretrained(bundle, device="cpu")
