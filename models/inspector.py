@@ -1,6 +1,7 @@
 """One image in; caption, top-k knowledge-base matches, their maps and overlays, and a verdict out (the app and
 predict.py)."""
 import dataclasses
+import functools
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -131,11 +132,18 @@ class Inspector:
         """The words a caption may use without the caption check's notice: its captioner's training captions',
         the knowledge base's own (descriptions, kinds: constrained decoding and CLIP's kind write them) and the
         prefix text's; None (no check) for a bundle that does not list its training words or without a captioner."""
+        if self._trained_words is None:
+            return None
+        return self._trained_words | vocabulary([generation.prefix_text if generation else ""])
+
+    @functools.cached_property
+    def _trained_words(self):
+        """The prefix-free part of known_words, once per Inspector."""
         if self.captioner is None or self.captioner.caption_words is None:
             return None
         kb = self.knowledge
         given = [p.text for p in kb.prompts] + [k.noun for k in kb.kinds] + [kb.domain, kb.healthy_word]
-        return self.captioner.caption_words | vocabulary(given + [generation.prefix_text if generation else ""])
+        return self.captioner.caption_words | vocabulary(given)
 
     def assess(self, picture, embedding, caption, probabilities=None, generation=None):
         """(probabilities over the whole knowledge base, Verdict) for a loaded picture and its CLIP embedding

@@ -53,7 +53,7 @@ def named_kinds(caption, knowledge):
 
 def vocabulary(texts):
     """The words of `texts`, lower-cased and singular: what a captioner trained on those captions has seen."""
-    return {singular(word) for text in texts for word in re.findall(r"[a-z]+", str(text).lower())}
+    return {singular(word) for text in texts for word in words(text)}
 
 
 def unknown_words(caption, known):
