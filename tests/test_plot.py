@@ -249,6 +249,21 @@ def test_long_text_is_cut_in_the_middle_so_the_percentage_stays():
     assert _fit_text("fresh (2.0%)", font, 200) == "fresh (2.0%)"
 
 
+def test_a_narrow_legend_wraps_its_entries_whole():
+    """Under a tall photo's narrow panel, a legend entry wraps onto more lines instead of losing its middle."""
+    from utils.plot import LEGEND_LINES, _font, _legend_rows
+    font = _font(22)
+    entries = legend_entries(["a brown bruise", "white fuzzy mold"], [0.436, 0.2])
+    rows = _legend_rows(entries, 200, font)
+    assert [" ".join(lines) for row in rows for _, lines, _ in row] == ["a brown bruise (43.6%)",
+                                                                       "white fuzzy mold (20.0%)"]
+    assert all(1 < len(lines) <= LEGEND_LINES and max(map(font.getlength, lines)) <= 200
+               for row in rows for _, lines, _ in row)
+    tall = combined_overlay(photo(120, 500), [hot_map()] * 2, ["a brown bruise", "white fuzzy mold"], [0.436, 0.2])
+    wide = combined_overlay(photo(500, 120), [hot_map()] * 2, ["a brown bruise", "white fuzzy mold"], [0.436, 0.2])
+    assert tall.height - 448 > 2 * (wide.height - round(448 * 120 / 500))  # the wrapped lines got their room
+
+
 def test_small_probabilities_keep_their_digits():
     assert [percent_text(p) for p in (0.623, 0.005, 0.00043, 0.0)] == ["62.3%", "0.5%", "0.043%", "0.0%"]
 

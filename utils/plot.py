@@ -29,6 +29,7 @@ TITLE_SCALE = 24
 LEGEND_SCALE = 20
 MIN_FONT = 14
 TITLE_LINES = 2
+LEGEND_LINES = 4  # a legend entry wraps onto at most this many lines under a narrow (tall) photo
 BACKGROUND = 255  # white
 TEXT_COLOR = (20, 20, 20)
 MEANINGFUL = 0.1  # a description colours the combined view when its probability is at least this share of the top one
@@ -201,12 +202,11 @@ def combined_overlay(image, heatmaps, labels, probs, threshold=0.5, alpha=0.5, a
     entries = legend_entries(labels, probs, palette)
     font = _font(legend_font_size(panel.shape[1::-1]))
     rows = _legend_rows(entries, panel.shape[1], font)
-    row_height = round(font.size * 1.5)
-    height = panel.shape[0] + (len(rows) * row_height + 2 * LEGEND_PAD if rows else 0)
+    height = panel.shape[0] + (sum(_legend_height(rows, font)) + 2 * LEGEND_PAD if rows else 0)
     canvas = np.full((height, panel.shape[1], 3), BACKGROUND, dtype=np.uint8)
     canvas[:panel.shape[0]] = panel
     picture = Image.fromarray(canvas)
-    _draw_legend(picture, rows, panel.shape[0] + LEGEND_PAD, font, row_height)
+    _draw_legend(picture, rows, panel.shape[0] + LEGEND_PAD, font)
     return picture
 
 
@@ -331,26 +331,36 @@ def _colour_bar(cmap, font, canvas_width):
 
 
 def _legend_rows(entries, width, font):
-    """Entries flowed left to right into rows that fit the width: [[(entry, text, x), ...], ...]."""
+    """Entries flowed left to right into rows that fit the width: [[(entry, lines, x), ...], ...]. An entry
+    too long for a row of its own (a tall photo's narrow legend) wraps onto lines of its own."""
     swatch = font.size
     rows, row, x = [], [], LEGEND_PAD
     for entry in entries:
-        text = _fit_text(entry.text, font, width - 2 * LEGEND_PAD - swatch - 5)
-        span = swatch + 5 + int(font.getlength(text)) + font.size
+        lines = _wrap(entry.text, font, width - 2 * LEGEND_PAD - swatch - 5, LEGEND_LINES)
+        span = swatch + 5 + int(max(font.getlength(line) for line in lines)) + font.size
         if row and x + span > width:
             rows.append(row)
             row, x = [], LEGEND_PAD
-        row.append((entry, text, x))
+        row.append((entry, lines, x))
         x += span
     return rows + [row] if row else rows
 
 
-def _draw_legend(picture, rows, top, font, row_height):
+def _legend_height(rows, font):
+    """Pixel height of each legend row: one line, plus a line height per extra wrapped line."""
+    return [round(font.size * 1.5) + round(font.size * 1.2) * (max(len(lines) for _, lines, _ in row) - 1)
+            for row in rows]
+
+
+def _draw_legend(picture, rows, top, font):
     draw = ImageDraw.Draw(picture)
-    swatch = font.size
-    for index, row in enumerate(rows):
-        middle = top + index * row_height + row_height // 2
-        for entry, text, x in row:
+    swatch, line_height = font.size, round(font.size * 1.2)
+    for row, row_height in zip(rows, _legend_height(rows, font)):
+        for entry, lines, x in row:
+            middle = top + round(font.size * 1.5) // 2
             swatch_top = middle - swatch // 2
             draw.rectangle((x, swatch_top, x + swatch - 1, swatch_top + swatch - 1), fill=entry.rgb)
-            draw.text((x + swatch + 5, middle), text, fill=TEXT_COLOR, font=font, anchor="lm")
+            for index, line in enumerate(lines):
+                draw.text((x + swatch + 5, middle + index * line_height), line, fill=TEXT_COLOR, font=font,
+                          anchor="lm")
+        top += row_height
