@@ -25,14 +25,29 @@ class Phrase:
         return {"text": self.text, "role": self.role, "prompt": self.prompt, "words": list(self.words)}
 
 
+_PUNCTUATION = ".,;:!?"
+
+
 def _letters(word):
     return set(re.findall(r"[a-z]+", word.lower()))
 
 
 def _phrase(caption_words, wanted, role, prompt):
-    indices = [i for i, word in enumerate(caption_words) if _letters(word) & wanted]
-    text = " ".join(caption_words[i] for i in indices).strip(".,;:!?")
-    return Phrase(text, indices, role, prompt) if indices else None
+    """The run of consecutive caption words (not across punctuation) that says most of the `wanted` words, so a
+    word two phrases share ("mold" in "blue mold, black mold") belongs to the phrase it stands in."""
+    runs, run = [], []
+    for index, word in enumerate(caption_words):
+        if _letters(word) & wanted:
+            run.append(index)
+        elif run:
+            runs, run = runs + [run], []
+        if run and word[-1] in _PUNCTUATION:
+            runs, run = runs + [run], []
+    runs += [run] if run else []
+    if not runs:
+        return None
+    best = max(runs, key=lambda indices: len(set().union(*(_letters(caption_words[i]) & wanted for i in indices))))
+    return Phrase(" ".join(caption_words[i] for i in best).strip(_PUNCTUATION), best, role, prompt)
 
 
 def caption_phrases(caption, knowledge):
@@ -47,7 +62,7 @@ def caption_phrases(caption, knowledge):
     covered = {i for phrase in found if phrase for i in phrase.words}
     for index, word in enumerate(caption_words):
         if index not in covered and _letters(word) & HEALTHY_WORDS:
-            found.append(Phrase(word.strip(".,;:!?"), [index], "healthy"))
+            found.append(Phrase(word.strip(_PUNCTUATION), [index], "healthy"))
     nouns = {kind.id: kind.noun for kind in knowledge.kinds}
     for kind_id in named_kinds(caption, knowledge):
         found.append(_phrase(caption_words, {nouns[kind_id], nouns[kind_id] + "s"}, "kind", kind_id))

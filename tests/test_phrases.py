@@ -17,6 +17,18 @@ def test_content_phrases_link_defects_to_their_prompts_and_find_the_kind():
     assert phrases[1].words == [3, 4]
 
 
+def test_a_word_two_phrases_share_belongs_to_the_phrase_it_stands_in():
+    """ "mold" ends three phrases here, and "brown" two: each phrase is its own run of words, not every word of
+    the caption its description shares."""
+    knowledge = load_knowledge("fruit")
+    phrases = caption_phrases("A pear with green mold, blue mold and white fuzzy mold.", knowledge)
+    assert [(p.text, p.words) for p in phrases if p.role == "defect"] == [
+        ("green mold", [3, 4]), ("blue mold", [5, 6]), ("white fuzzy mold", [8, 9, 10])]
+    phrases = caption_phrases("An apple with a brown bruise and soft brown rot.", knowledge)
+    assert [(p.text, p.prompt) for p in phrases if p.role == "defect"] == [("brown bruise", "bruise"),
+                                                                          ("soft brown rot", "rot")]
+
+
 def test_healthy_words_and_prompts_are_phrases():
     phrases = caption_phrases("A fresh pear with smooth unblemished skin.", load_knowledge("fruit"))
     assert [(p.text, p.role) for p in phrases] == [("fresh", "healthy"), ("pear", "kind"),
