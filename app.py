@@ -258,7 +258,7 @@ def _batch_tab():
     only_review = gr.Checkbox(False, label="Show only the items that need review", elem_id="only-review")
     table = gr.Dataframe(headers=BATCH_COLUMNS, datatype=["str"] * 6 + ["number", "str"], interactive=False,
                          wrap=True, label="Results", elem_id="batch-table",
-                         column_widths=["11%", "7%", "22%", "20%", "14%", "10%", "7%", "9%"])
+                         column_widths=["11%", "7%", "20%", "18%", "12%", "10%", "9%", "13%"])
     csv = gr.File(label="Results as CSV", interactive=False, elem_id="batch-csv")
     gallery = gr.Gallery(label="Combined overlays", columns=4, height="auto", object_fit="contain",
                          fit_columns=False, elem_id="batch-gallery", elem_classes="wide-gallery")
