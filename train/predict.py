@@ -194,7 +194,8 @@ def main(argv=None):
         parser.exit(2, f"error: {error}\n")
     for image, reason in failed:
         print(f"skipped {image}: {reason}")
-    print(f"{len(records)} predictions, {len(failed)} images skipped -> {Path(args.out) / 'predictions.csv'}")
+    skipped = f"{len(failed)} image{'' if len(failed) == 1 else 's'} skipped"
+    print(f"{len(records)} predictions, {skipped} -> {Path(args.out) / 'predictions.csv'}")
     return records, failed
 
 

@@ -270,5 +270,6 @@ def report(out) -> str:
     if (out / PARTS).exists() or manifest is None:
         return (f"{out}: shards of this share done; when every --shard-index has finished, run once more "
                 "without --shard-index to merge")
-    return (f"{out}: {manifest['count']} rows, {manifest['failed']} images failed"
-            + (f" (reasons in {out / FAILED})" if manifest["failed"] else ""))
+    failed = manifest["failed"]
+    return (f"{out}: {manifest['count']} rows, {failed} image{'' if failed == 1 else 's'} failed"
+            + (f" (reasons in {out / FAILED})" if failed else ""))
