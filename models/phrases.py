@@ -26,27 +26,43 @@ class Phrase:
 
 
 _PUNCTUATION = ".,;:!?"
+_JOINERS = {"and", "with", "of", "in", "on", "a", "an", "the"}  # a description's words may span one
 
 
 def _letters(word):
     return set(re.findall(r"[a-z]+", word.lower()))
 
 
-def _phrase(caption_words, wanted, role, prompt):
-    """The run of consecutive caption words (not across punctuation) that says most of the `wanted` words, so a
-    word two phrases share ("mold" in "blue mold, black mold") belongs to the phrase it stands in."""
+def _runs(caption_words, wanted):
+    """Runs of consecutive caption words that each say one of the `wanted` words; punctuation ends a run."""
     runs, run = [], []
     for index, word in enumerate(caption_words):
-        if _letters(word) & wanted:
+        says = bool(_letters(word) & wanted)
+        if says:
             run.append(index)
-        elif run:
+        if run and (not says or word[-1] in _PUNCTUATION):
             runs, run = runs + [run], []
-        if run and word[-1] in _PUNCTUATION:
-            runs, run = runs + [run], []
-    runs += [run] if run else []
+    return runs + [run] if run else runs
+
+
+def _phrase(caption_words, wanted, role, prompt):
+    """The caption's words for one description: the run of them that says the most `wanted` words, joined over
+    one little word ("and") to a neighbouring run that says others. So a word two phrases share ("mold" in
+    "blue mold, black mold") belongs to the phrase it stands in."""
+    def said(indices):
+        return set().union(*(_letters(caption_words[i]) & wanted for i in indices))
+
+    runs = _runs(caption_words, wanted)
     if not runs:
         return None
-    best = max(runs, key=lambda indices: len(set().union(*(_letters(caption_words[i]) & wanted for i in indices))))
+    at = max(range(len(runs)), key=lambda r: len(said(runs[r])))
+    best = runs[at]
+    for other in runs[at + 1:at + 2] + runs[max(at - 1, 0):at]:  # the next run, then the one before
+        first, last = sorted([best, other])
+        gap = list(range(first[-1] + 1, last[0]))
+        if (len(gap) == 1 and _letters(caption_words[gap[0]]) <= _JOINERS and said(other) - said(best)
+                and caption_words[first[-1]][-1] not in _PUNCTUATION):
+            best = first + gap + last
     return Phrase(" ".join(caption_words[i] for i in best).strip(_PUNCTUATION), best, role, prompt)
 
 

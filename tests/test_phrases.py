@@ -19,7 +19,7 @@ def test_content_phrases_link_defects_to_their_prompts_and_find_the_kind():
 
 def test_a_word_two_phrases_share_belongs_to_the_phrase_it_stands_in():
     """ "mold" ends three phrases here, and "brown" two: each phrase is its own run of words, not every word of
-    the caption its description shares."""
+    the caption its description shares; a description's two parts join over "and"."""
     knowledge = load_knowledge("fruit")
     phrases = caption_phrases("A pear with green mold, blue mold and white fuzzy mold.", knowledge)
     assert [(p.text, p.words) for p in phrases if p.role == "defect"] == [
@@ -27,6 +27,9 @@ def test_a_word_two_phrases_share_belongs_to_the_phrase_it_stands_in():
     phrases = caption_phrases("An apple with a brown bruise and soft brown rot.", knowledge)
     assert [(p.text, p.prompt) for p in phrases if p.role == "defect"] == [("brown bruise", "bruise"),
                                                                           ("soft brown rot", "rot")]
+    phrases = caption_phrases("A functional solar cell with even bright luminescence and no defect.",
+                              load_knowledge("solar_cell"))
+    assert [p.text for p in phrases] == ["even bright luminescence and no defect"]  # one description, over "and"
 
 
 def test_healthy_words_and_prompts_are_phrases():
