@@ -1,6 +1,6 @@
 """What the demo's benches share: the held-out world they draw, and whether a caption is right for an item."""
 from demo.world import HARD, WorldOptions, write_world
-from utils.caption_words import HEALTHY_WORDS, named_defects, words
+from utils.caption_words import healthy_words, named_defects, words
 
 
 def held_out_world(directory, n, seed, size=128, hard=False):
@@ -18,5 +18,5 @@ def caption_correct(caption, primary, knowledge, defects=None):
     says fresh/healthy and names no defect."""
     named = named_defects(caption, knowledge)
     if primary == "healthy":
-        return not named and bool(HEALTHY_WORDS & words(caption))
+        return not named and bool(healthy_words(knowledge) & words(caption))
     return bool(set(named) & set(defects)) if defects else primary in named

@@ -62,9 +62,9 @@ def check_caption(caption, probabilities, knowledge, rules=None, known_words=Non
     for i in missing:
         problems.append(f"it leaves out {prompts[i].text}, which CLIP gives {probabilities[i]:.0%}")
     if fresh and named:
-        problems.append("it calls the item fresh and names a defect")
+        problems.append(f"it calls the item {knowledge.healthy_word} and names a defect")
     elif fresh and defect_mass >= rules.defect_mass:
-        problems.append(f"it calls the item fresh but CLIP gives the defects {defect_mass:.0%}")
+        problems.append(f"it calls the item {knowledge.healthy_word} but CLIP gives the defects {defect_mass:.0%}")
     if not fresh and not named:
         problems.append("it names nothing from the knowledge base")
     unknown = unknown_words(caption, known_words) if known_words is not None else []

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from models.explain import token_log_probs, vector_jacobians, word_log_probs, word_spans
-from utils.caption_words import HEALTHY_WORDS, key_words, named_kinds, named_prompts
+from utils.caption_words import healthy_words, key_words, named_kinds, named_prompts
 
 
 @dataclass
@@ -76,8 +76,9 @@ def caption_phrases(caption, knowledge):
         for prompt_id in named_prompts(caption, knowledge, healthy=healthy):
             found.append(_phrase(caption_words, key_words(by_id[prompt_id].text, knowledge.domain), role, prompt_id))
     covered = {i for phrase in found if phrase for i in phrase.words}
+    good = healthy_words(knowledge)
     for index, word in enumerate(caption_words):
-        if index not in covered and _letters(word) & HEALTHY_WORDS:
+        if index not in covered and _letters(word) & good:
             found.append(Phrase(word.strip(_PUNCTUATION), [index], "healthy"))
     nouns = {kind.id: kind.noun for kind in knowledge.kinds}
     for kind_id in named_kinds(caption, knowledge):

@@ -29,7 +29,7 @@ def test_a_word_two_phrases_share_belongs_to_the_phrase_it_stands_in():
                                                                           ("soft brown rot", "rot")]
     phrases = caption_phrases("A functional solar cell with even bright luminescence and no defect.",
                               load_knowledge("solar_cell"))
-    assert [p.text for p in phrases] == ["even bright luminescence and no defect"]  # one description, over "and"
+    assert [p.text for p in phrases] == ["functional", "even bright luminescence and no defect"]  # over "and"
 
 
 def test_healthy_words_and_prompts_are_phrases():

@@ -160,3 +160,12 @@ def test_inspection_carries_probabilities_and_verdict():
     assert inspection.probabilities.sum() == pytest.approx(1, abs=1e-5)
     assert inspection.verdict.decision in ("pass", "fail", "review")
     assert not inspection.verdict.calibrated and "not calibrated" in inspection.verdict.reasons[-1]
+
+
+def test_the_caption_check_speaks_the_knowledge_base_s_word_for_a_good_item():
+    """Solar cells are "functional", not "fresh": the word counts as calling the item good, and the check says it."""
+    cells = load_knowledge("solar_cell")
+    probabilities = np.array([0.05 if p.healthy else 0.9 / 6 for p in cells.prompts])
+    check = check_caption("A functional solar cell.", probabilities, cells)
+    assert check.fresh and says_healthy("A functional solar cell.", cells)
+    assert any("calls the item functional but CLIP gives the defects 90%" in p for p in check.problems)

@@ -40,9 +40,14 @@ def named_defects(caption, knowledge):
     return named_prompts(caption, knowledge)
 
 
+def healthy_words(knowledge):
+    """Words that call an item good: the usual ones and the knowledge base's own ("functional" for solar cells)."""
+    return HEALTHY_WORDS | {knowledge.healthy_word.lower()}
+
+
 def says_healthy(caption, knowledge):
     """The caption calls the item good: a healthy word ("fresh") or a healthy prompt's words."""
-    return bool(HEALTHY_WORDS & words(caption)) or bool(named_prompts(caption, knowledge, healthy=True))
+    return bool(healthy_words(knowledge) & words(caption)) or bool(named_prompts(caption, knowledge, healthy=True))
 
 
 def named_kinds(caption, knowledge):
