@@ -33,6 +33,23 @@ def _letters(word):
     return set(re.findall(r"[a-z]+", word.lower()))
 
 
+def _plain(word):
+    return re.sub(r"[^a-z]", "", word.lower())
+
+
+def _verbatim(caption_words, text, role, prompt):
+    """The description's own words (its article aside) where the caption says them in a row, as a knowledge-base
+    summary does ("a cut in the skin"); None when it does not."""
+    wanted = [_plain(word) for word in text.split()]
+    wanted = wanted[1:] if wanted[0] in ("a", "an", "the") and len(wanted) > 1 else wanted
+    said = [_plain(word) for word in caption_words]
+    for start in range(len(said) - len(wanted) + 1):
+        if said[start:start + len(wanted)] == wanted:
+            indices = list(range(start, start + len(wanted)))
+            return Phrase(" ".join(caption_words[i] for i in indices).strip(_PUNCTUATION), indices, role, prompt)
+    return None
+
+
 def _runs(caption_words, wanted):
     """Runs of consecutive caption words that each say one of the `wanted` words; punctuation ends a run."""
     runs, run = [], []
@@ -74,7 +91,9 @@ def caption_phrases(caption, knowledge):
     for healthy, role in ((False, "defect"), (True, "healthy")):
         by_id = {p.id: p for p in knowledge.prompts}
         for prompt_id in named_prompts(caption, knowledge, healthy=healthy):
-            found.append(_phrase(caption_words, key_words(by_id[prompt_id].text, knowledge.domain), role, prompt_id))
+            text = by_id[prompt_id].text
+            found.append(_verbatim(caption_words, text, role, prompt_id)
+                         or _phrase(caption_words, key_words(text, knowledge.domain), role, prompt_id))
     covered = {i for phrase in found if phrase for i in phrase.words}
     good = healthy_words(knowledge)
     for index, word in enumerate(caption_words):

@@ -30,12 +30,14 @@ def test_a_word_two_phrases_share_belongs_to_the_phrase_it_stands_in():
     phrases = caption_phrases("A functional solar cell with even bright luminescence and no defect.",
                               load_knowledge("solar_cell"))
     assert [p.text for p in phrases] == ["functional", "even bright luminescence and no defect"]  # over "and"
+    phrases = caption_phrases("A tomato with a cut in the skin and a healed scar.", knowledge)
+    assert [p.text for p in phrases if p.role == "defect"] == ["cut in the skin", "healed scar"]  # as written
 
 
 def test_healthy_words_and_prompts_are_phrases():
     phrases = caption_phrases("A fresh pear with smooth unblemished skin.", load_knowledge("fruit"))
     assert [(p.text, p.role) for p in phrases] == [("fresh", "healthy"), ("pear", "kind"),
-                                                   ("smooth unblemished", "healthy")]
+                                                   ("smooth unblemished skin", "healthy")]
     assert caption_phrases("", load_knowledge("fruit")) == []
 
 
