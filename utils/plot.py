@@ -346,21 +346,25 @@ def _legend_rows(entries, width, font):
     return rows + [row] if row else rows
 
 
+def _legend_line_heights(font):
+    """(a legend row's height for one line, what each further wrapped line adds)."""
+    return round(font.size * 1.5), round(font.size * 1.2)
+
+
 def _legend_height(rows, font):
     """Pixel height of each legend row: one line, plus a line height per extra wrapped line."""
-    return [round(font.size * 1.5) + round(font.size * 1.2) * (max(len(lines) for _, lines, _ in row) - 1)
-            for row in rows]
+    first, more = _legend_line_heights(font)
+    return [first + more * (max(len(lines) for _, lines, _ in row) - 1) for row in rows]
 
 
 def _draw_legend(picture, rows, top, font):
     draw = ImageDraw.Draw(picture)
-    swatch, line_height = font.size, round(font.size * 1.2)
+    swatch = font.size
+    first, more = _legend_line_heights(font)
     for row, row_height in zip(rows, _legend_height(rows, font)):
+        middle = top + first // 2  # of the row's first line, where the swatch sits
         for entry, lines, x in row:
-            middle = top + round(font.size * 1.5) // 2
-            swatch_top = middle - swatch // 2
-            draw.rectangle((x, swatch_top, x + swatch - 1, swatch_top + swatch - 1), fill=entry.rgb)
+            draw.rectangle((x, middle - swatch // 2, x + swatch - 1, middle - swatch // 2 + swatch - 1), fill=entry.rgb)
             for index, line in enumerate(lines):
-                draw.text((x + swatch + 5, middle + index * line_height), line, fill=TEXT_COLOR, font=font,
-                          anchor="lm")
+                draw.text((x + swatch + 5, middle + index * more), line, fill=TEXT_COLOR, font=font, anchor="lm")
         top += row_height
