@@ -37,6 +37,10 @@ def _plain(word):
     return re.sub(r"[^a-z]", "", word.lower())
 
 
+def _span(caption_words, indices, role, prompt):
+    return Phrase(" ".join(caption_words[i] for i in indices).strip(_PUNCTUATION), indices, role, prompt)
+
+
 def _verbatim(caption_words, text, role, prompt):
     """The description's own words (its article aside) where the caption says them in a row, as a knowledge-base
     summary does ("a cut in the skin"); None when it does not."""
@@ -45,8 +49,7 @@ def _verbatim(caption_words, text, role, prompt):
     said = [_plain(word) for word in caption_words]
     for start in range(len(said) - len(wanted) + 1):
         if said[start:start + len(wanted)] == wanted:
-            indices = list(range(start, start + len(wanted)))
-            return Phrase(" ".join(caption_words[i] for i in indices).strip(_PUNCTUATION), indices, role, prompt)
+            return _span(caption_words, list(range(start, start + len(wanted))), role, prompt)
     return None
 
 
@@ -80,7 +83,7 @@ def _phrase(caption_words, wanted, role, prompt):
         if (len(gap) == 1 and _letters(caption_words[gap[0]]) <= _JOINERS and said(other) - said(best)
                 and caption_words[first[-1]][-1] not in _PUNCTUATION):
             best = first + gap + last
-    return Phrase(" ".join(caption_words[i] for i in best).strip(_PUNCTUATION), best, role, prompt)
+    return _span(caption_words, best, role, prompt)
 
 
 def caption_phrases(caption, knowledge):

@@ -65,7 +65,8 @@ def test_reviews_become_a_human_labeled_dataset(world):
     assert human.manifest["labeled_by"] == "human" and human.manifest["knowledge_hash"] == KB.hash()
     ticked = human.captions.index(bruise_caption(human))
     assert sorted(human.captions[:ticked] + human.captions[ticked + 1:]) == [
-        "A fresh fruit with smooth unblemished skin.", "A fruit with a cut in the skin."]  # the newer review of 5.jpg won
+        "A fresh fruit with smooth unblemished skin.",
+        "A fruit with a cut in the skin."]  # the newer review of 5.jpg won
     likeliest = kind_probabilities(CLIPW.from_pretrained(str(root / "clip")), human.embeddings[[ticked]], KB).argmax()
     assert human.captions[ticked] == summarize([("bruise", 1.0)], KB, kind=KB.kinds[int(likeliest)])  # as label.py
     assert list(human.table["class"]).count("defective") == 2

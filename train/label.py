@@ -87,8 +87,8 @@ def label_folder(image_dir, out_dir, clip, knowledge, top_k=5, batch_size=64, wo
                             tiles=PhotoTiles(tuple(kb.healthy_mask())))  # the tile the app captions
     if encoded is None:
         return out  # this process's shards are done; a run without shard_index merges
-    table = label_table(encoded, kb, inputs["top_k"], prior, prior_weight, kind_probabilities(clip, encoded.embeddings, kb),
-                        min_share)
+    kinds = kind_probabilities(clip, encoded.embeddings, kb)
+    table = label_table(encoded, kb, inputs["top_k"], prior, prior_weight, kinds, min_share)
     finish_output(out, encoded.embeddings, table, inputs, encoded.failed)
     return out
 
