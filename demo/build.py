@@ -1,7 +1,7 @@
 """Build the offline demo bundle: synthetic world -> small CLIP -> auto-labels -> mapper on frozen SmolLM2 ->
 verdict calibration.
 
-    python -m demo.build                           # checkpoints/demo (`make demo`), about 50 minutes on 2 cores
+    python -m demo.build                           # checkpoints/demo (`make demo`), about 75 minutes on 2 cores
     python -m demo.build --quick --out /tmp/demo   # a tiny chain in well under a minute (tests)
     python -m demo.build --reference               # checkpoints/demo-reference-clip (`make reference-clip`)
 

@@ -64,7 +64,7 @@ class PretrainOptions(SmallClipConfig):
     attention_weight: float = option(1.0, "auxiliary loss: the last block's CLS attention onto the defects")
     gradcam_weight: float = option(1.0, "auxiliary loss: the Grad-CAM map of the primary defect onto its mask")
     # the image embedding serves both rankings: at 1.0 the auto-labels' primary defect fell from 0.952 to 0.903
-    # (kinds 0.877 right, 0.59 at 0.3); the recipe's 0.5 with 48 epochs gets both (0.955, kinds 0.927)
+    # (kinds 0.877 right, 0.59 at 0.3); 0.5 with 48 epochs gets both (0.955, kinds 0.927), and the recipe's 72 too
     kind_weight: float = option(0.3, "loss: each image against the knowledge base's kind prompts, by its fruit "
                                      "kind (no effect without kinds)")
     patch_full: float = option(0.2, "a patch this much covered by a defect is labeled all that defect")

@@ -124,13 +124,13 @@ class LoadOptions:
     """How a bundle is loaded for inference."""
     lm_precision: str = option(
         "fp32", "fp32 (recommended): the fp32 LM writes the caption; one photo's greedy caption is checked several "
-                "tokens per pass against the knowledge base's phrases (--phrase-draft: the same captions in 0.4x the "
-                "CPU time). bf16 / int8: a bf16 / int8 copy of the LM drafts each greedy caption instead and the fp32 "
-                "LM checks it, so captions stay fp32's greedy captions (plain bf16 / int8 kept 0.98 / 0.32 of "
+                "tokens per pass against the knowledge base's phrases (--phrase-draft: the same captions in 0.3-0.4x "
+                "the CPU time). bf16 / int8: a bf16 / int8 copy of the LM drafts each greedy caption instead and the "
+                "fp32 LM checks it, so captions stay fp32's greedy captions (plain bf16 / int8 kept 0.97 / 0.32 of "
                 "them on 60 held-out demo images) and caption maps stay (the fp32 LM gives the gradients); costs the "
-                "copy's memory (bf16 +0.5x, int8 +0.4x) and, on CPU, time: 1.1x / 1.4x token-by-token fp32's CPU "
-                "time per caption (bf16 is no faster than fp32 on CPU; on a GPU it may be); sampling and beam search "
-                "run in fp32 alone (python -m demo.precision_bench measures it)", choices=PRECISIONS)
+                "copy's memory (bf16 +0.5x, int8 +0.4x) and, on CPU, time: 0.9-1.1x / 1.4-1.5x token-by-token fp32's "
+                "CPU time per caption (bf16 is no faster than fp32 on CPU; on a GPU it may be); sampling and beam "
+                "search run in fp32 alone (python -m demo.precision_bench measures it)", choices=PRECISIONS)
     device: str = option(None, "cpu, cuda or cuda:N (default: cuda when available)")
 
 
