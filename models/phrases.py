@@ -91,8 +91,8 @@ def caption_phrases(caption, knowledge):
     words ("fresh"), and the product kind."""
     caption_words = [caption[start:end] for start, end in word_spans(caption)]
     found = []
+    by_id = {p.id: p for p in knowledge.prompts}
     for healthy, role in ((False, "defect"), (True, "healthy")):
-        by_id = {p.id: p for p in knowledge.prompts}
         for prompt_id in named_prompts(caption, knowledge, healthy=healthy):
             text = by_id[prompt_id].text
             found.append(_verbatim(caption_words, text, role, prompt_id)

@@ -363,8 +363,9 @@ def _draw_legend(picture, rows, top, font):
     first, more = _legend_line_heights(font)
     for row, row_height in zip(rows, _legend_height(rows, font)):
         middle = top + first // 2  # of the row's first line, where the swatch sits
+        swatch_top = middle - swatch // 2
         for entry, lines, x in row:
-            draw.rectangle((x, middle - swatch // 2, x + swatch - 1, middle - swatch // 2 + swatch - 1), fill=entry.rgb)
+            draw.rectangle((x, swatch_top, x + swatch - 1, swatch_top + swatch - 1), fill=entry.rgb)
             for index, line in enumerate(lines):
                 draw.text((x + swatch + 5, middle + index * more), line, fill=TEXT_COLOR, font=font, anchor="lm")
         top += row_height
